@@ -1,0 +1,15 @@
+"""The ``lnnode`` command."""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lnnode")
+    parser.add_subparsers(dest="command", required=True)
+    parser.parse_args(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""One TaskConfig per model, as in MONAI Label's sample apps; main.py picks them by name."""
+
+from __future__ import annotations
+
+from monailabel.interfaces.config import TaskConfig
+
+
+def task_configs() -> dict[str, type[TaskConfig]]:
+    """The app's models by name (``--conf models`` selects among them)."""
+    return {}

@@ -1,0 +1,217 @@
+"""Reading and writing 3D images with their geometry (world LPS), with clear errors for bad input.
+
+Arrays here are always in index order ``(i, j, k)`` (SimpleITK's numpy view is ``(k, j, i)``).
+Writes go to a temporary file beside the target and are renamed into place, so a reader never sees
+a half-written file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import GeometryError, ImageGeometry
+
+__all__ = [
+    "ImageError",
+    "IMAGE_SUFFIXES",
+    "image_suffix",
+    "read_sitk",
+    "read_image",
+    "sitk_to_array",
+    "array_to_sitk",
+    "write_image",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: unreadable, not 3D, empty, or holding non-finite values.
+
+    ``reason`` says what is wrong without the path (for messages about uploads, whose temp path
+    means nothing to the client).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image suffix of a file name (``.nii.gz`` counts as one), or '' for a folder / unknown."""
+    name = os.path.basename(str(path)).lower()
+    for s in IMAGE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return ""
+
+
+def _read_dicom_series(folder: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(folder)
+    if not series:
+        raise ImageError(folder, "no DICOM series found in this folder")
+    if len(series) > 1:
+        raise ImageError(
+            folder, f"holds {len(series)} DICOM series ({', '.join(series)}); give one per folder"
+        )
+    files = reader.GetGDCMSeriesFileNames(folder, series[0])
+    if len(files) < 2:
+        raise ImageError(folder, f"the DICOM series has {len(files)} slice(s); a 3D volume needs more")
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _check_nifti_complete(path: str) -> None:
+    """Refuse a truncated NIfTI file.
+
+    SimpleITK 2.5 reads a truncated .nii or .nii.gz without complaint and fills the missing voxels
+    with zeros (measured), so the data size is checked against the header here.
+    """
+    try:
+        header = nib.load(path).header
+    except Exception as e:  # nibabel raises many types for a broken header
+        raise ImageError(path, f"not a readable NIfTI file ({type(e).__name__}: {str(e)[:120]})") from None
+    expected = (
+        int(header.get_data_offset())
+        + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    )
+    if path.lower().endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ImageError(path, f"corrupt or truncated gzip data ({e})") from None
+    else:
+        size = os.path.getsize(path)
+    if size < expected:
+        raise ImageError(
+            path, f"truncated NIfTI file: {size} bytes of data where the header needs {expected}"
+        )
+
+
+def read_sitk(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D image (NIfTI, NRRD, MetaImage file, or a folder holding one DICOM series).
+
+    A 4D image with a single channel/time point is squeezed to 3D; anything else not 3D is refused.
+    """
+    p = str(path)
+    if not os.path.exists(p):
+        raise ImageError(p, "no such file or folder")
+    if image_suffix(p) in (".nii", ".nii.gz"):
+        _check_nifti_complete(p)
+    try:
+        image = _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
+    except RuntimeError as e:
+        # SimpleITK puts the useful part ("Unable to determine ImageIO reader...") in its last lines
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+        detail = lines[-1].replace(p, "the file").removeprefix("sitk::ERROR: ")
+        raise ImageError(p, f"not a readable image ({detail[:200]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(p, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise ImageError(p, f"is a {dim}D image of size {image.GetSize()}; lnnode needs a 3D volume")
+    if min(image.GetSize()) < 2:
+        raise ImageError(p, f"has size {image.GetSize()}; a 3D volume needs 2+ voxels on every axis")
+    try:
+        ImageGeometry.from_sitk(image)
+    except GeometryError as e:
+        raise ImageError(p, str(e)) from None
+    return image
+
+
+def sitk_to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
+    """The voxels of a 3D SimpleITK image as an index-ordered (i, j, k) array."""
+    return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=dtype)
+
+
+def array_to_sitk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    """A SimpleITK image from an index-ordered array and its geometry."""
+    a = np.asarray(array)
+    if tuple(a.shape) != tuple(geometry.shape):
+        raise ImageError("<array>", f"shape {a.shape} differs from the geometry's {geometry.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0)))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def read_image(path: str | os.PathLike, allow_nonfinite: bool = False) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D image as a float32 (i, j, k) array and its geometry."""
+    image = read_sitk(path)
+    array = sitk_to_array(image)
+    if not allow_nonfinite and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ImageError(path, f"{bad} of {array.size} voxels are NaN or infinite")
+    return array, ImageGeometry.from_sitk(image)
+
+
+TEMP_DIR_NAME = ".lnnode-tmp"
+
+
+def _temp_beside(target: Path, suffix: str) -> str:
+    # a hidden sub-folder on the same file system: the rename stays atomic, and folder scans
+    # (the MONAI Label datastore lists files, not sub-folders) never see a half-written file
+    tmp_dir = target.parent / TEMP_DIR_NAME
+    tmp_dir.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=suffix, dir=tmp_dir)
+    os.close(fd)
+    return tmp
+
+
+def write_image(
+    array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike, compress: bool = True
+) -> Path:
+    """Write an index-ordered array with its geometry; atomic (temp file + rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(target)
+    if not suffix:
+        raise ImageError(target, f"unknown image suffix (use one of {', '.join(IMAGE_SUFFIXES)})")
+    tmp = _temp_beside(target, suffix)
+    try:
+        sitk.WriteImage(array_to_sitk(array, geometry), tmp, compress)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to ``path`` through a temp file and a rename (readers see all or nothing)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(target, "")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

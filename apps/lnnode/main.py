@@ -1,0 +1,136 @@
+"""lnnode: lymph-node detection and metastasis classification, served by MONAI Label.
+
+Start it with ``monailabel start_server --app apps/lnnode --studies <folder>``; ``--conf`` options
+are listed in the README. The models come from ``lib/configs`` (one TaskConfig each), as in MONAI
+Label's sample apps; this file only wires them and turns bad requests into 4xx answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+from lib.configs import task_configs
+from lib.datastore import LnnodeDatastore
+from lib.errors import NotFound, RequestError
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+logger = logging.getLogger(__name__)
+
+__version__ = "0.1.0"
+
+
+class LymphNodeApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_dir = os.path.join(app_dir, "model")
+        available = task_configs()
+        wanted = conf.get("models", "all")
+        names = list(available) if wanted == "all" else [n.strip() for n in wanted.split(",") if n.strip()]
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {', '.join(available)}")
+
+        self.models = {}
+        for name in names:
+            config = available[name]()
+            config.init(name, self.model_dir, conf, None)
+            self.models[name] = config
+        logger.info(f"+++ lnnode models: {list(self.models)}")
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="lnnode",
+            description="Lymph-node detection and metastasis classification (CT, MR)",
+            version=__version__,
+            labels=["lymph_node"],
+        )
+
+    # -- wiring -------------------------------------------------------------------------------------
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()  # a PACS over DICOMweb
+        return LnnodeDatastore(
+            self.studies,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name, config in self.models.items():
+            task = config.infer()
+            infers.update(task if isinstance(task, dict) else {name: task})
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            task = config.trainer()
+            if task:
+                trainers[name] = task
+        return trainers
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            s = config.strategy()
+            if s:
+                strategies.update(s if isinstance(s, dict) else {config.name: s})
+        return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods: dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            m = config.scoring_method()
+            if m:
+                methods.update(m if isinstance(m, dict) else {config.name: m})
+        return methods
+
+    # -- request checks (stock MONAI Label answers these with a 500) --------------------------------
+    @staticmethod
+    def _known(kind: str, name: Any, registry: dict) -> None:
+        if not name or name not in registry:
+            raise NotFound(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry)) or 'none'}")
+
+    def _check_image(self, image: Any, datastore: Datastore) -> None:
+        if not isinstance(image, str) or not image:
+            raise RequestError("no image given: pass an image id from the datastore, or upload a file")
+        if os.path.isabs(image):
+            # the /infer endpoint puts uploads in the temp folder; no other server path may be read
+            if os.path.commonpath([os.path.realpath(image), os.path.realpath(tempfile.gettempdir())]) != (
+                os.path.realpath(tempfile.gettempdir())
+            ) or not os.path.isfile(image):
+                raise RequestError(f"image {image!r}: give an image id or upload the file, not a server path")
+            return
+        uri = datastore.get_image_uri(image)
+        if not uri or not os.path.exists(uri):
+            raise NotFound(f"image {image!r} is not in the datastore")
+
+    def infer(self, request, datastore=None):
+        self._known("model", request.get("model"), self._infers)
+        self._check_image(request.get("image"), datastore or self.datastore())
+        return super().infer(request, datastore)
+
+    def train(self, request):
+        self._known("model", request.get("model"), self._trainers)
+        return super().train(request)
+
+    def next_sample(self, request):
+        self._known("strategy", request.get("strategy") or "random", self._strategies)
+        return super().next_sample(request)
+
+    def scoring(self, request, datastore=None):
+        self._known("scoring method", request.get("method"), self._scoring_methods)
+        return super().scoring(request, datastore)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# lnnode quick start. Each command creates .venv and installs lnnode (pinned, see requirements.lock)
+# the first time, then:
+#   ./run.sh demo   writes demo studies (CT phantoms) to demo/studies and starts the MONAI Label
+#                   server with apps/lnnode on http://127.0.0.1:8000 (CPU; PORT=... to change)
+#   ./run.sh test   runs ruff and the whole test suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${LNNODE_VENV:-.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+setup() {
+    local stamp="$VENV/.lnnode-installed"
+    local want
+    want="$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return
+    fi
+    echo "== installing lnnode into $VENV (first run takes a few minutes)"
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[test]"
+    echo "$want" > "$stamp"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+    demo)
+        setup
+        # the monailabel CLI runs the `python` on PATH: use the venv's
+        export PATH="$PWD/$VENV/bin:$PATH"
+        studies="${LNNODE_DEMO_STUDIES:-demo/studies}"
+        if [ ! -f "$studies/synth_manifest.json" ]; then
+            lnnode synth --out "$studies" --cases 6 --modality ct --seed 2026 --label-tag ground_truth
+        fi
+        exec monailabel start_server --app apps/lnnode --studies "$studies" \
+            --host 127.0.0.1 --port "${PORT:-8000}" --conf device cpu
+        ;;
+    test)
+        setup
+        export PATH="$PWD/$VENV/bin:$PATH"
+        ruff check .
+        exec python -m pytest -q "${@:2}"
+        ;;
+    *)
+        echo "usage: ./run.sh demo | ./run.sh test [pytest args]" >&2
+        exit 2
+        ;;
+esac
