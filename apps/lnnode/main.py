@@ -32,7 +32,11 @@ __version__ = "0.1.0"
 
 class LymphNodeApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.model_dir = os.path.join(app_dir, "model")
+        # trained models go to --conf model_dir (default <app>/model); the demo weights ship in <app>/model/demo
+        self.model_dir = os.path.realpath(conf.get("model_dir") or os.path.join(app_dir, "model"))
+        use_demo = conf.get("demo_weights", "true").lower() not in ("false", "0", "no")
+        demo_dir = os.path.join(app_dir, "model", "demo") if use_demo else None
+        os.makedirs(self.model_dir, exist_ok=True)
         available = task_configs()
         wanted = conf.get("models", "all")
         names = list(available) if wanted == "all" else [n.strip() for n in wanted.split(",") if n.strip()]
@@ -43,7 +47,7 @@ class LymphNodeApp(MONAILabelApp):
         self.models = {}
         for name in names:
             config = available[name]()
-            config.init(name, self.model_dir, conf, None)
+            config.init(name, self.model_dir, conf, None, demo_dir=demo_dir)
             self.models[name] = config
         logger.info(f"+++ lnnode models: {list(self.models)}")
 
@@ -120,7 +124,14 @@ class LymphNodeApp(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         self._known("model", request.get("model"), self._infers)
-        self._check_image(request.get("image"), datastore or self.datastore())
+        image = request.get("image")
+        self._check_image(image, datastore or self.datastore())
+        request = dict(request)
+        # results name the image by its datastore id (an upload may pass params {"image_id": ...})
+        request.setdefault("image_id", "upload" if os.path.isabs(image) else image)
+        # MONAI Label would store the returned markups file as the "original" label; lnnode keeps
+        # its results itself (the markups file is not a label)
+        request["save_label"] = False
         return super().infer(request, datastore)
 
     def train(self, request):

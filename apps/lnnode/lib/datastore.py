@@ -55,19 +55,13 @@ class LnnodeDatastore(LocalDatastore):
     """LocalDatastore with label JSON support, name checks, upload validation and atomic writes."""
 
     def __init__(self, datastore_path: str, auto_reload: bool = False, read_only: bool = False):
-        super().__init__(
-            datastore_path, extensions=LABEL_PATTERNS, auto_reload=auto_reload, read_only=read_only
-        )
+        super().__init__(datastore_path, extensions=LABEL_PATTERNS, auto_reload=auto_reload, read_only=read_only)
 
     # -- listing ------------------------------------------------------------------------------------
     def _list_files(self, path, patterns):
         files = super()._list_files(path, patterns)
         is_image_dir = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
-        return {
-            k: v
-            for k, v in files.items()
-            if not k.startswith(".") and not (is_image_dir and k.endswith(".json"))
-        }
+        return {k: v for k, v in files.items() if not k.startswith(".") and not (is_image_dir and k.endswith(".json"))}
 
     # -- helpers ------------------------------------------------------------------------------------
     def _object(self, image_id: str) -> ImageLabelModel:
@@ -170,9 +164,7 @@ class LnnodeDatastore(LocalDatastore):
                 f"image's {geometry.shape}"
             )
 
-    def save_label(
-        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
-    ) -> str:
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         tag = check_name(label_tag or DefaultLabelTag.FINAL.value, "label tag")
         obj = self._object(image_id)
         suffix = image_suffix(label_filename) or os.path.splitext(label_filename)[1].lower()

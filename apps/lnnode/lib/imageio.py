@@ -63,9 +63,7 @@ def _read_dicom_series(folder: str) -> sitk.Image:
     if not series:
         raise ImageError(folder, "no DICOM series found in this folder")
     if len(series) > 1:
-        raise ImageError(
-            folder, f"holds {len(series)} DICOM series ({', '.join(series)}); give one per folder"
-        )
+        raise ImageError(folder, f"holds {len(series)} DICOM series ({', '.join(series)}); give one per folder")
     files = reader.GetGDCMSeriesFileNames(folder, series[0])
     if len(files) < 2:
         raise ImageError(folder, f"the DICOM series has {len(files)} slice(s); a 3D volume needs more")
@@ -83,10 +81,7 @@ def _check_nifti_complete(path: str) -> None:
         header = nib.load(path).header
     except Exception as e:  # nibabel raises many types for a broken header
         raise ImageError(path, f"not a readable NIfTI file ({type(e).__name__}: {str(e)[:120]})") from None
-    expected = (
-        int(header.get_data_offset())
-        + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    )
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if path.lower().endswith(".gz"):
         size = 0
         try:
@@ -98,9 +93,7 @@ def _check_nifti_complete(path: str) -> None:
     else:
         size = os.path.getsize(path)
     if size < expected:
-        raise ImageError(
-            path, f"truncated NIfTI file: {size} bytes of data where the header needs {expected}"
-        )
+        raise ImageError(path, f"truncated NIfTI file: {size} bytes of data where the header needs {expected}")
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
@@ -177,9 +170,7 @@ def _temp_beside(target: Path, suffix: str) -> str:
     return tmp
 
 
-def write_image(
-    array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike, compress: bool = True
-) -> Path:
+def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write an index-ordered array with its geometry; atomic (temp file + rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,128 @@
+"""Infer tasks whose network is rebuilt from their checkpoint (weights + metadata).
+
+They are listed in ``/info/`` before any model exists; asked to infer without usable weights they
+answer 503 with what to do, and a bad image gets a 4xx naming the problem (the server keeps going).
+A newly published checkpoint is picked up on the next request (the file's mtime is checked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from torch import nn
+
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..contracts import ContractError, validate_result
+from ..errors import ModelNotReady, Unprocessable
+from ..imageio import ImageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CheckpointInferTask"]
+
+
+class CheckpointInferTask(BasicInferTask):
+    """BasicInferTask with lnnode checkpoints; subclasses build their network from the checkpoint."""
+
+    checkpoint_task: str = ""
+
+    def __init__(
+        self,
+        name: str,
+        paths: Sequence[str],
+        type: InferType,
+        description: str,
+        config: dict[str, Any] | None = None,
+        labels: Sequence[str] = ("lymph_node",),
+    ):
+        # several paths: the last existing one is served (trained model over the shipped demo weights)
+        super().__init__(
+            path=list(paths),
+            network=None,
+            type=type,
+            labels=list(labels),
+            dimension=3,
+            description=description,
+            config=config,
+            load_strict=True,
+        )
+        self.name = name
+        self._checkpoint: tuple[str, int, Checkpoint] | None = None
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def is_valid(self) -> bool:
+        return True  # listed before it is trained; infer explains what is missing
+
+    def checkpoint(self) -> Checkpoint:
+        """The served checkpoint (cached until its file changes); ModelNotReady when there is none."""
+        path = self.get_path()
+        if path is None:
+            raise ModelNotReady(
+                f"model {self.name!r} has no weights yet: train it (POST /train/{self.name}) or put a "
+                f"checkpoint at {self.path[-1]}"
+            )
+        mtime = os.stat(path).st_mtime_ns
+        if self._checkpoint and self._checkpoint[:2] == (path, mtime):
+            return self._checkpoint[2]
+        try:
+            checkpoint = load_checkpoint(path, task=self.checkpoint_task)
+        except CheckpointError as e:
+            raise ModelNotReady(f"model {self.name!r} is unusable: {e}") from None
+        self._checkpoint = (path, mtime, checkpoint)
+        self._networks.clear()
+        return checkpoint
+
+    @abstractmethod
+    def build_network(self, checkpoint: Checkpoint) -> nn.Module:
+        """The (untrained) network described by the checkpoint's metadata."""
+
+    def _get_network(self, device: str, data: Any) -> nn.Module:
+        checkpoint = self.checkpoint()
+        cached = self._networks.get(device)
+        if cached and cached[1] is checkpoint:
+            return cached[0]
+        network = self.build_network(checkpoint)
+        try:
+            network.load_state_dict(checkpoint.state_dict, strict=True)
+        except RuntimeError as e:
+            raise ModelNotReady(f"model {self.name!r}: weights do not fit its network ({str(e)[:300]})") from None
+        network.to(torch.device(device)).eval()
+        self._networks[device] = (network, checkpoint)
+        return network
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        try:
+            checkpoint = self.checkpoint()
+            info["weights"] = {"path": checkpoint.path, "training": checkpoint.meta.get("training", {})}
+        except ModelNotReady as e:
+            info["weights"] = {"path": None, "status": e.detail}
+        return info
+
+    # -- request ------------------------------------------------------------------------------------
+    def __call__(self, request, callbacks=None):
+        self.checkpoint()  # fail fast, before reading the image
+        try:
+            result_file, result = super().__call__(request, callbacks)
+        except ImageError as e:
+            raise Unprocessable(f"image {request.get('image')!r} cannot be used: {e.reason}") from None
+        return result_file, self._finish_result(result)
+
+    @staticmethod
+    def _finish_result(result: dict) -> dict:
+        """Keep the result contract: drop MONAI Label's extra keys, keep numeric latencies, validate."""
+        for key in ("label_names", "centroids"):
+            result.pop(key, None)
+        latencies = result.pop("latencies", {}) or {}
+        result["latencies"] = {k: float(v) for k, v in latencies.items() if isinstance(v, (int, float))}
+        try:
+            return validate_result(result)
+        except ContractError as e:  # a bug of ours, never the client's: say so
+            raise RuntimeError(f"lnnode produced an invalid result: {e}") from e

@@ -1,0 +1,120 @@
+"""``lymph_node_detection``: 3D boxes of every lymph node, in world LPS mm, with detection scores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from monailabel.interfaces.tasks.infer_v2 import InferType
+
+from ..checkpoint import Checkpoint
+from ..geometry import ImageGeometry
+from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
+from ..transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, NormalizeIntensityd, ResampleToGridd
+from ..transforms.boxes import boxes_to_nodes
+from .base import CheckpointInferTask
+from .writer import ResultWriter, make_result
+
+__all__ = ["NodeDetection", "DetectionToResultd", "model_version"]
+
+
+def model_version(checkpoint: Checkpoint, name: str) -> str:
+    """A readable model identifier for results: name + training date (or the file name)."""
+    created = checkpoint.meta.get("training", {}).get("created")
+    return f"{name}@{created}" if created else f"{name}:{os.path.basename(checkpoint.path)}"
+
+
+class DetectionToResultd(MapTransform):
+    """Detector output (``boxes``, ``labels_scores`` on the grid) to a result document in world LPS."""
+
+    def __init__(self, grid_key: str = "grid", result_key: str = "result", detector_name: str = ""):
+        super().__init__(keys=["boxes"])
+        self.grid_key = grid_key
+        self.result_key = result_key
+        self.detector_name = detector_name
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        grid: ImageGeometry = d[self.grid_key]
+        boxes = torch.as_tensor(d["boxes"]).detach().float().cpu().numpy().reshape(-1, 6)
+        scores = torch.as_tensor(d["labels_scores"]).detach().float().cpu().numpy().reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        nodes = []
+        for rank, (node, score) in enumerate(zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)):
+            nodes.append({"id": f"n{rank + 1}", **node, "detection_score": round(float(score), 4)})
+        d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, detector=self.detector_name)
+        return d
+
+
+class NodeDetection(CheckpointInferTask):
+    """RetinaNet node detection: load -> world-aligned grid -> normalise -> body crop -> sliding
+    window -> boxes back to world LPS. Request params: ``score_thresh``, ``nms_thresh``,
+    ``max_boxes`` (defaults from ``--conf`` or the checkpoint), ``device``, ``amp``."""
+
+    checkpoint_task = "detection"
+
+    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None):
+        super().__init__(
+            name=name,
+            paths=paths,
+            type=InferType.DETECTION,
+            description="Lymph-node detection: 3D boxes (world LPS mm) with detection scores",
+            config=config,
+        )
+
+    def spec(self) -> DetectorSpec:
+        return DetectorSpec.from_dict(self.checkpoint().meta["network"])
+
+    def build_network(self, checkpoint: Checkpoint) -> torch.nn.Module:
+        return build_detector_network(DetectorSpec.from_dict(checkpoint.meta["network"]))
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        meta = self.checkpoint().meta
+        return [
+            LoadVolumed(keys="image"),
+            ResampleToGridd(keys="image", spacing=meta["network"]["spacing"]),
+            NormalizeIntensityd(keys="image", spec=meta["preprocessing"]["intensity"]),
+            CropToBodyd(keys="image", threshold=BODY_THRESHOLD),
+        ]
+
+    def detector(self, data=None):
+        spec = self.spec()
+        data = data or {}
+
+        def param(key: str) -> Any:
+            value = data.get(key)
+            return None if value is None or value == "" else value
+
+        score, nms, max_boxes = param("score_thresh"), param("nms_thresh"), param("max_boxes")
+        device = data.get("device") or "cpu"
+        detector = build_detector(
+            spec,
+            network=self._get_network(device, data),
+            device=device,
+            score_thresh=None if score is None else float(score),
+            nms_thresh=None if nms is None else float(nms),
+            max_boxes=None if max_boxes is None else int(max_boxes),
+        )
+        if data.get("image") is not None:
+            roi = clamp_roi(spec.roi_size, np.shape(data["image"])[1:], spec.size_divisible)
+            detector.set_sliding_window_inferer(
+                roi_size=roi, overlap=spec.overlap, sw_batch_size=1, mode="constant", device=device
+            )
+        return detector
+
+    def run_detector(self, data, convert_to_batch=True, device="cuda"):
+        amp = str(data.get("amp", True)).lower() not in ("false", "0", "no")
+        if device.startswith("cuda") and amp:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return super().run_detector(data, convert_to_batch, device)
+        return super().run_detector(data, convert_to_batch, device)
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [DetectionToResultd(detector_name=model_version(self.checkpoint(), self.name))]
+
+    def writer(self, data, extension=None, dtype=None):
+        return ResultWriter()(data)

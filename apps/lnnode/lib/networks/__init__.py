@@ -1,0 +1,1 @@
+"""Network builders: one place per model (detector, classifier), driven by the spec in each checkpoint."""

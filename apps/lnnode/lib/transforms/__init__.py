@@ -1,0 +1,23 @@
+"""Dictionary transforms (MONAI style) that the infer and train tasks compose."""
+
+from .boxes import DETECTOR_OFFSET, LabelToBoxesd, boxes_to_nodes, load_label, nodes_to_boxes
+from .intensity import BODY_THRESHOLD, DEFAULT_INTENSITY, NormalizeIntensityd, normalize_intensity
+from .spatial import CropToBodyd, LoadVolumed, ResampleToGridd, body_box, grid_for, resample_to_grid
+
+__all__ = [
+    "BODY_THRESHOLD",
+    "DEFAULT_INTENSITY",
+    "DETECTOR_OFFSET",
+    "CropToBodyd",
+    "LabelToBoxesd",
+    "LoadVolumed",
+    "NormalizeIntensityd",
+    "ResampleToGridd",
+    "body_box",
+    "boxes_to_nodes",
+    "grid_for",
+    "load_label",
+    "nodes_to_boxes",
+    "normalize_intensity",
+    "resample_to_grid",
+]
