@@ -12,9 +12,6 @@ import os
 import tempfile
 from typing import Any
 
-from lib.configs import task_configs
-from lib.datastore import LnnodeDatastore
-from lib.errors import NotFound, RequestError
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -24,6 +21,10 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
+
+from lib.configs import task_configs
+from lib.datastore import LnnodeDatastore
+from lib.errors import NotFound, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,13 @@ class LymphNodeApp(MONAILabelApp):
         # its results itself (the markups file is not a label)
         request["save_label"] = False
         return super().infer(request, datastore)
+
+    def bundle_path(self, model):
+        # MONAI Label asks for this before it starts a background training (POST /train/<model>): the
+        # one place to refuse an unknown model with a 404 instead of a 200 and a failing process
+        if model is not None:
+            self._known("model", model, self._trainers)
+        return super().bundle_path(model)
 
     def train(self, request):
         self._known("model", request.get("model"), self._trainers)

@@ -54,6 +54,7 @@ def save_checkpoint(path: str | os.PathLike, task: str, state_dict: dict[str, to
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         payload = {
             "format": CHECKPOINT_FORMAT,

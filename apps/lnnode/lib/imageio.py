@@ -71,41 +71,52 @@ def _read_dicom_series(folder: str) -> sitk.Image:
     return reader.Execute()
 
 
-def _check_nifti_complete(path: str) -> None:
-    """Refuse a truncated NIfTI file.
+def _check_nifti(path: str) -> int:
+    """Refuse a truncated NIfTI file; return how many voxels are NaN or infinite.
 
-    SimpleITK 2.5 reads a truncated .nii or .nii.gz without complaint and fills the missing voxels
-    with zeros (measured), so the data size is checked against the header here.
+    SimpleITK 2.5 reads a truncated .nii or .nii.gz without complaint, filling the missing voxels
+    with zeros, and it reads NaN voxels as 0 (both measured), so size and values are checked here.
     """
     try:
-        header = nib.load(path).header
+        proxy = nib.load(path).dataobj
     except Exception as e:  # nibabel raises many types for a broken header
-        raise ImageError(path, f"not a readable NIfTI file ({type(e).__name__}: {str(e)[:120]})") from None
-    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    if path.lower().endswith(".gz"):
-        size = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    size += len(chunk)
-        except (EOFError, OSError, zlib.error) as e:
-            raise ImageError(path, f"corrupt or truncated gzip data ({e})") from None
-    else:
-        size = os.path.getsize(path)
-    if size < expected:
-        raise ImageError(path, f"truncated NIfTI file: {size} bytes of data where the header needs {expected}")
+        detail = str(e).replace(path, "the file")[:160]
+        raise ImageError(path, f"not a readable NIfTI file ({detail})") from None
+    dtype, offset = proxy.dtype, int(proxy.offset)  # the offset nibabel really uses (vox_offset may be 0)
+    n_bytes = int(np.prod(proxy.shape)) * dtype.itemsize
+    floats = dtype.kind == "f"
+    size, nonfinite, pending = 0, 0, b""
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                start = max(offset - size, 0)
+                stop = min(offset + n_bytes - size, len(chunk))
+                size += len(chunk)
+                if floats and stop > start:
+                    data = pending + chunk[start:stop]
+                    usable = len(data) - len(data) % dtype.itemsize
+                    nonfinite += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype))))
+                    pending = data[usable:]
+    except (EOFError, OSError, zlib.error) as e:
+        raise ImageError(path, f"corrupt or truncated gzip data ({e})") from None
+    if size < offset + n_bytes:
+        raise ImageError(path, f"truncated NIfTI file: {size} bytes where its header needs {offset + n_bytes}")
+    return nonfinite
 
 
-def read_sitk(path: str | os.PathLike) -> sitk.Image:
+def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD, MetaImage file, or a folder holding one DICOM series).
 
-    A 4D image with a single channel/time point is squeezed to 3D; anything else not 3D is refused.
+    A 4D image with a single channel/time point is squeezed to 3D; anything else not 3D is refused,
+    and so are NaN or infinite voxels unless ``allow_nonfinite``.
     """
     p = str(path)
     if not os.path.exists(p):
         raise ImageError(p, "no such file or folder")
     if image_suffix(p) in (".nii", ".nii.gz"):
-        _check_nifti_complete(p)
+        nonfinite = _check_nifti(p)
+        if nonfinite and not allow_nonfinite:
+            raise ImageError(p, f"{nonfinite} voxels are NaN or infinite")
     try:
         image = _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
     except RuntimeError as e:
@@ -149,7 +160,7 @@ def array_to_sitk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
 
 def read_image(path: str | os.PathLike, allow_nonfinite: bool = False) -> tuple[np.ndarray, ImageGeometry]:
     """Read a 3D image as a float32 (i, j, k) array and its geometry."""
-    image = read_sitk(path)
+    image = read_sitk(path, allow_nonfinite)
     array = sitk_to_array(image)
     if not allow_nonfinite and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -167,6 +178,7 @@ def _temp_beside(target: Path, suffix: str) -> str:
     tmp_dir.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=suffix, dir=tmp_dir)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a published file is for every reader of the folder
     return tmp
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from monailabel.interfaces.config import TaskConfig
 
 from ..infers.detection import NodeDetection
+from ..trainers.detection import NodeDetectionTrainer
 
 # --conf options of this model (documented in the README): conf key -> request param
 INFER_OPTIONS = {
@@ -38,5 +39,13 @@ class NodeDetectionConfig(TaskConfig):
     def infer(self) -> NodeDetection:
         return NodeDetection(self.name, self.path, config=infer_config(self.conf, INFER_OPTIONS))
 
-    def trainer(self):
-        return None
+    def trainer(self) -> NodeDetectionTrainer:
+        config = {"device": self.conf["device"]} if self.conf.get("device") else {}
+        return NodeDetectionTrainer(
+            self.name,
+            model_dir=self.model_dir,
+            publish_path=self.path[-1],
+            served_paths=self.path,
+            modality=self.conf.get("modality", "ct"),
+            config=config,
+        )

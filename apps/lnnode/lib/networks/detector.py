@@ -182,7 +182,15 @@ def build_detector(
         feature_map_scales=[2**level for level in range(len(spec.returned_layers) + 1)],
         base_anchor_shapes=[list(a) for a in spec.anchor_shapes],
     )
-    detector = RetinaNetDetector(network=network, anchor_generator=anchors, debug=False)
+    # attributes given explicitly: a DistributedDataParallel wrapper hides them on the network
+    detector = RetinaNetDetector(
+        network=network,
+        anchor_generator=anchors,
+        spatial_dims=3,
+        num_classes=1,
+        size_divisible=spec.size_divisible,
+        debug=False,
+    )
     detector.set_target_keys(box_key="boxes", label_key="labels")
     if training:
         detector.set_atss_matcher(num_candidates=4, center_in_gt=False)

@@ -1,0 +1,1 @@
+"""Evaluation metrics (detection here; classification with the pipeline)."""

@@ -1,0 +1,5 @@
+"""Train tasks (BasicTrainTask subclasses) and their shared ignite handlers."""
+
+from .detection import NodeDetectionTrainer
+
+__all__ = ["NodeDetectionTrainer"]

@@ -1,0 +1,372 @@
+"""Train task of ``lymph_node_detection``: RetinaNet on node-centred and random patches.
+
+Training data: every image with a label (tag ``final`` by default) — a label JSON or an instance
+mask. Box-aware augmentation (crops that keep whole boxes, flips, in-plane 90-degree rotations,
+intensity jitter). Validation: whole-volume sliding-window inference, key metric CPM. The best
+epoch is published to the infer task's model path when training completes (the previous model is
+kept for rollback), so the next infer request uses it without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.metrics import Average
+from monai.apps.detection.transforms.dictionary import (
+    ClipBoxToImaged,
+    RandCropBoxByPosNegLabeld,
+    RandFlipBoxd,
+    RandRotateBox90d,
+)
+from monai.data import DataLoader, ThreadDataLoader
+from monai.data.utils import no_collation
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
+from monai.transforms import (
+    DeleteItemsd,
+    EnsureTyped,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..networks.anchors import anchor_coverage, design_anchor_shapes
+from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
+from ..transforms import (
+    BODY_THRESHOLD,
+    DEFAULT_INTENSITY,
+    CropToBodyd,
+    LabelToBoxesd,
+    LoadVolumed,
+    NormalizeIntensityd,
+    ResampleToGridd,
+    boxes_to_nodes,
+    load_label,
+)
+from .handlers import DetectionCPM, PublishBestModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NodeDetectionTrainer", "labelled_datalist"]
+
+METRIC = "val_cpm"
+
+
+def labelled_datalist(datastore: Datastore, tag: str) -> list[dict[str, str]]:
+    """``{"image", "label", "id"}`` for every image that has a label with ``tag``."""
+    items = []
+    for image_id in sorted(datastore.list_images()):
+        label = datastore.get_label_by_image_id(image_id, tag)
+        if label:
+            items.append(
+                {
+                    "image": datastore.get_image_uri(image_id),
+                    "label": datastore.get_label_uri(label, tag),
+                    "id": image_id,
+                }
+            )
+    return items
+
+
+class NodeDetectionTrainer(BasicTrainTask):
+    """Detection training as a MONAI Label train task (request options in ``config``)."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str,
+        publish_path: str,
+        served_paths: list[str],
+        spec: DetectorSpec | None = None,
+        modality: str = "ct",
+        config: dict[str, Any] | None = None,
+    ):
+        self.name = name
+        self.spec = spec or DetectorSpec()
+        self.modality = modality
+        self.served_paths = served_paths
+        defaults = {
+            "max_epochs": 50,
+            "val_split": 0.2,
+            "train_batch_size": 1,
+            "val_batch_size": 1,
+            "patches_per_image": 4,
+            "learning_rate": 1e-3,
+            "label_tag": DefaultLabelTag.FINAL.value,
+            "init": "current",  # "current": fine-tune the served model; "scratch": new weights
+            "dataset": "CacheDataset",
+            "dataloader": "ThreadDataLoader",
+            "multi_gpu": False,
+            "tracking": "None",
+        }
+        defaults.update(config or {})
+        super().__init__(
+            model_dir=model_dir,
+            description="Train the lymph-node detector from labelled images",
+            config=defaults,
+            amp=True,
+            publish_path=publish_path,
+            stats_path=os.path.join(model_dir, f"{name}_train_stats.json"),
+            labels=["lymph_node"],
+            tracking=None,
+        )
+
+    # -- data ---------------------------------------------------------------------------------------
+    def pre_process(self, request, datastore: Datastore):
+        datalist = labelled_datalist(datastore, request.get("label_tag") or DefaultLabelTag.FINAL.value)
+        if not datalist:
+            raise ValueError(f"no image has a {request.get('label_tag')!r} label: nothing to train on")
+        return datalist
+
+    def partition_datalist(self, context: Context, shuffle: bool = False):
+        train, val = super().partition_datalist(context, shuffle)
+        if not train:  # a single labelled image: train on it, validate on it too
+            train = val
+        return train, val
+
+    def _spec_for(self, context: Context) -> DetectorSpec:
+        """The served model's spec when fine-tuning, else this task's spec with anchors fitted to the data."""
+        request = context.request
+        if request.get("init", "current") == "current":
+            for path in reversed(self.served_paths):
+                if os.path.exists(path):
+                    try:
+                        checkpoint = load_checkpoint(path, task="detection")
+                    except CheckpointError as e:
+                        logger.warning(f"not fine-tuning from {path}: {e}")
+                        continue
+                    context.init_state = checkpoint.state_dict
+                    context.preprocessing = checkpoint.meta["preprocessing"]
+                    return DetectorSpec.from_dict(checkpoint.meta["network"])
+        context.init_state = None
+        context.preprocessing = {"modality": self.modality, "intensity": DEFAULT_INTENSITY[self.modality]}
+        spec = DetectorSpec.from_dict({**self.spec.to_dict(), **request.get("spec", {})})
+        if not request.get("spec", {}).get("anchor_shapes"):
+            sizes = np.asarray(
+                [n["size"] for item in context.datalist for n in load_label(item["label"], item["id"])["nodes"]]
+            ).reshape(-1, 3)
+            if len(sizes) >= len(spec.anchor_shapes):
+                voxels = sizes / np.asarray(spec.spacing)
+                spec.anchor_shapes = tuple(tuple(a) for a in design_anchor_shapes(voxels, len(spec.anchor_shapes)))
+                scales = [2**level for level in range(len(spec.returned_layers) + 1)]
+                context.anchor_coverage = anchor_coverage(voxels, np.asarray(spec.anchor_shapes), scales)
+                logger.info(f"anchors from {len(sizes)} nodes: {spec.anchor_shapes} {context.anchor_coverage}")
+        return spec
+
+    def _base_transforms(self, context: Context, crop_to_body: bool) -> list:
+        spec: DetectorSpec = context.spec
+        transforms = [
+            LoadVolumed(keys="image"),
+            ResampleToGridd(keys="image", spacing=spec.spacing),
+            NormalizeIntensityd(keys="image", spec=context.preprocessing["intensity"]),
+        ]
+        if crop_to_body:
+            transforms.append(CropToBodyd(keys="image", threshold=BODY_THRESHOLD))
+        transforms.append(LabelToBoxesd(keys="label"))
+        return transforms
+
+    def train_pre_transforms(self, context: Context):
+        spec: DetectorSpec = context.spec
+        return [
+            *self._base_transforms(context, crop_to_body=False),
+            DeleteItemsd(keys=["label", "image_geometry", "grid", "rejected_boxes", "box_weights"]),
+            RandCropBoxByPosNegLabeld(
+                image_keys="image",
+                box_keys="boxes",
+                label_keys="box_labels",
+                spatial_size=list(spec.patch_size),
+                whole_box=True,
+                num_samples=int(context.request.get("patches_per_image", 4)),
+                pos=1,
+                neg=1,
+                allow_smaller=True,
+            ),
+            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=0),
+            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=1),
+            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=2),
+            RandRotateBox90d(
+                image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, max_k=3, spatial_axes=(0, 1)
+            ),
+            ClipBoxToImaged(box_keys="boxes", label_keys=["box_labels"], box_ref_image_keys="image", remove_empty=True),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+            RandGaussianNoised(keys="image", std=0.02, prob=0.3),
+            EnsureTyped(keys=["image", "boxes"], dtype=torch.float32, track_meta=False),
+            EnsureTyped(keys="box_labels", dtype=torch.long, track_meta=False),
+        ]
+
+    def val_pre_transforms(self, context: Context):
+        return [
+            *self._base_transforms(context, crop_to_body=True),
+            EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+        ]
+
+    def train_post_transforms(self, context: Context):
+        return []
+
+    def _loader(self, context, datalist, batch_size, shuffle):
+        dataset, _ = self._dataset(context, datalist, is_train=shuffle)
+        loader = ThreadDataLoader if context.dataloader_type == "ThreadDataLoader" else DataLoader
+        return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, collate_fn=no_collation)
+
+    def train_data_loader(self, context, num_workers=0, shuffle=True):
+        return self._loader(context, context.train_datalist, context.train_batch_size, True)
+
+    def val_data_loader(self, context, num_workers=0):
+        return self._loader(context, context.val_datalist, context.val_batch_size, False)
+
+    # -- model --------------------------------------------------------------------------------------
+    def network(self, context: Context):
+        context.spec = self._spec_for(context)
+        network = build_detector_network(context.spec)
+        if context.init_state is not None:
+            network.load_state_dict(context.init_state)
+        return network
+
+    def optimizer(self, context: Context):
+        lr = float(context.request.get("learning_rate", 1e-3))
+        return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-4)
+
+    def lr_scheduler_handler(self, context: Context):
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(context.optimizer, T_max=max(context.max_epochs, 1))
+        return LrScheduleHandler(scheduler, print_lr=False)
+
+    def loss_function(self, context: Context):
+        return None  # the detector computes its own classification and box-regression losses
+
+    def val_inferer(self, context: Context):
+        return None
+
+    def train_key_metric(self, context: Context):
+        return None
+
+    def val_key_metric(self, context: Context):
+        return {METRIC: DetectionCPM()}
+
+    def load_path(self, output_dir, pretrained=True):
+        return None  # initial weights come from the served checkpoint (see network())
+
+    # -- iterations ---------------------------------------------------------------------------------
+    def train_iteration_update(self, context: Context):
+        detector = build_detector(context.spec, context.network, training=True, device=context.device)
+        scaler = torch.amp.GradScaler("cuda") if context.device.type == "cuda" and self._amp else None
+
+        def step(engine, batch):
+            samples = [s for item in batch for s in (item if isinstance(item, list) else [item])]
+            images = [s["image"].to(context.device) for s in samples]
+            targets = [
+                {"boxes": s["boxes"].to(context.device), "labels": s["box_labels"].to(context.device)} for s in samples
+            ]
+            detector.train()
+            context.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=scaler is not None):
+                losses = detector(images, targets)
+                loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(context.optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                context.optimizer.step()
+            return {"loss": float(loss.detach()), "cls_loss": float(losses[detector.cls_key].detach())}
+
+        return step
+
+    def val_iteration_update(self, context: Context):
+        spec: DetectorSpec = context.spec
+
+        def step(engine, batch):
+            outputs = []
+            for sample in batch:
+                image = sample["image"].to(context.device)
+                roi = clamp_roi(spec.roi_size, image.shape[1:], spec.size_divisible)
+                detector = build_detector(spec, context.network, device=context.device, score_thresh=0.02)
+                detector.set_sliding_window_inferer(roi_size=roi, overlap=spec.overlap, device=context.device)
+                detector.eval()
+                with torch.no_grad(), torch.autocast("cuda", enabled=context.device.type == "cuda" and self._amp):
+                    pred = detector([image], use_inferer=True)[0]
+                nodes = boxes_to_nodes(pred["boxes"].float().cpu().numpy(), sample["grid"])
+                for node, score in zip(nodes, pred["labels_scores"].float().cpu().numpy(), strict=True):
+                    node["detection_score"] = float(score)
+                outputs.append({"pred": nodes, "gt": sample["label"]["nodes"]})
+            return outputs
+
+        return step
+
+    # -- engines (our own publisher replaces MONAI Label's checkpoint savers) ------------------------
+    def _create_evaluator(self, context: Context):
+        if not context.val_datalist:
+            return None
+        return SupervisedEvaluator(
+            device=context.device,
+            val_data_loader=self.val_data_loader(context),
+            network=context.network,
+            iteration_update=self.val_iteration_update(context),
+            key_val_metric=self.val_key_metric(context),
+            val_handlers=[StatsHandler(output_transform=lambda x: None, iteration_log=False)],
+            decollate=False,
+        )
+
+    def _create_trainer(self, context: Context):
+        handlers = [h for h in self.train_handlers(context) if not type(h).__name__.startswith("TensorBoard")]
+        if context.evaluator:
+            handlers = [h for h in handlers if not isinstance(h, ValidationHandler)]
+            handlers.append(ValidationHandler(1, validator=context.evaluator, epoch_level=True))
+        return SupervisedTrainer(
+            device=context.device,
+            max_epochs=context.max_epochs,
+            train_data_loader=self.train_data_loader(context),
+            network=context.network,
+            optimizer=context.optimizer,
+            loss_function=lambda *_: None,
+            iteration_update=self.train_iteration_update(context),
+            key_train_metric={"train_loss": Average(output_transform=lambda out: out["loss"])},
+            metric_cmp_fn=lambda current, best: current < best,  # a loss: lower is better
+            train_handlers=handlers,
+            decollate=False,
+            amp=False,  # handled in the iteration (GradScaler on CUDA)
+        )
+
+    def finalize(self, context: Context):
+        publisher = PublishBestModel(
+            context,
+            task="detection",
+            model_path=self._publish_path,
+            stats_path=self._stats_path,
+            make_meta=self._meta,
+            metric_name=METRIC,
+        )
+        publisher.attach(context.trainer, context.evaluator)
+        context.publisher = publisher
+
+    def _meta(self, context: Context) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "network": context.spec.to_dict(),
+            "preprocessing": context.preprocessing,
+            "classes": ["lymph_node"],
+            "training": {
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "init": "fine-tuned" if context.init_state is not None else "scratch",
+                "n_train": len(context.train_datalist),
+                "n_val": len(context.val_datalist),
+                "label_tag": context.request.get("label_tag"),
+                "anchor_coverage": getattr(context, "anchor_coverage", None),
+                "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
+            },
+        }
+
+    def train(self, rank, world_size, request, datalist):
+        super().train(rank, world_size, request, datalist)
+        with open(self._stats_path) as f:
+            return json.load(f)

@@ -1,0 +1,147 @@
+"""Ignite pieces shared by lnnode's train tasks: a detection metric and the model publisher.
+
+The publisher keeps the best checkpoint of a run (with its metadata) and publishes it to the infer
+task's model path only when training completes, atomically; an interrupted or failed training
+leaves the served model untouched. Train stats are rewritten (atomically) after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+
+from ..checkpoint import publish, save_checkpoint
+from ..imageio import atomic_write_text
+from ..metrics.detection import cpm, froc, match_volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DetectionCPM", "PublishBestModel"]
+
+
+class DetectionCPM(Metric):
+    """CPM (mean sensitivity at 1/8 ... 8 FP per volume, IoU >= 0.1) over the evaluated volumes.
+
+    Expects ``engine.state.output`` to be a list of ``{"pred": [nodes], "gt": [nodes]}``.
+    """
+
+    def __init__(self, output_transform: Callable = lambda x: x, iou_thresh: float = 0.1):
+        self.iou_thresh = iou_thresh
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._matches = []
+
+    def update(self, output: list[dict[str, Any]]) -> None:
+        for item in output:
+            self._matches.append(match_volume(item["pred"], item["gt"], "iou", self.iou_thresh))
+
+    def compute(self) -> float:
+        if not self._matches or sum(m.n_gt for m in self._matches) == 0:
+            return 0.0
+        return cpm(froc(self._matches))[0]
+
+
+class PublishBestModel:
+    """Save the best checkpoint of a run; publish it when training completes; keep train stats.
+
+    ``make_meta(context)`` returns the checkpoint metadata (spec, preprocessing, data summary).
+    Without validation data the last epoch's model is the one published.
+    """
+
+    def __init__(
+        self,
+        context: Any,
+        task: str,
+        model_path: str,
+        stats_path: str,
+        make_meta: Callable[[Any], dict],
+        metric_name: str,
+    ):
+        self.context = context
+        self.task = task
+        self.model_path = model_path
+        self.stats_path = stats_path
+        self.make_meta = make_meta
+        self.metric_name = metric_name
+        self.best_path = os.path.join(context.output_dir, "best.pt")
+        self.best_metric = -np.inf
+        self.best_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.status = "running"
+        self.reason = ""
+
+    def attach(self, trainer: Engine, evaluator: Engine | None) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        trainer.add_event_handler(Events.COMPLETED, self._completed)
+        trainer.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        network = self.context.network
+        network = network.module if hasattr(network, "module") else network
+        return network.state_dict()
+
+    def _epoch_completed(self, trainer: Engine) -> None:
+        evaluator = self.context.evaluator
+        metric = None
+        if evaluator is not None and evaluator.state.metrics:
+            metric = float(evaluator.state.metrics.get(self.metric_name, np.nan))
+        loss = trainer.state.metrics.get("train_loss")
+        self.history.append({"epoch": trainer.state.epoch, "train_loss": loss, self.metric_name: metric})
+        improved = metric is None or (np.isfinite(metric) and metric >= self.best_metric)
+        if improved:
+            self.best_metric = metric if metric is not None else -np.inf
+            self.best_epoch = trainer.state.epoch
+            meta = self.make_meta(self.context)
+            meta.setdefault("training", {}).update(
+                {"epoch": self.best_epoch, "metric": {self.metric_name: metric}, "run_id": self.context.run_id}
+            )
+            save_checkpoint(self.best_path, self.task, self._state_dict(), meta)
+        self._write_stats(trainer)
+
+    def _completed(self, trainer: Engine) -> None:
+        if os.path.exists(self.best_path):
+            publish(self.best_path, self.model_path)
+            self.status = "published"
+            self.reason = f"best epoch {self.best_epoch} published to {self.model_path}"
+            logger.info(f"+++ {self.reason}")
+        else:
+            self.status = "not_published"
+            self.reason = "no checkpoint was saved"
+        self._write_stats(trainer)
+
+    def _failed(self, trainer: Engine, e: Exception) -> None:
+        self.status = "failed"
+        self.reason = f"{type(e).__name__}: {e} (the served model is unchanged)"
+        self._write_stats(trainer)
+        raise e
+
+    def stats(self, trainer: Engine) -> dict[str, Any]:
+        best = self.best_metric if np.isfinite(self.best_metric) else None
+        return {
+            "run_id": self.context.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "epoch": trainer.state.epoch,
+            "total_epochs": trainer.state.max_epochs,
+            "key_metric_name": self.metric_name,
+            "best_metric": best,
+            "best_metric_epoch": self.best_epoch,
+            "history": self.history,
+            "start_ts": int(self.context.start_ts),
+            "elapsed_s": round(time.time() - self.context.start_ts, 1),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def _write_stats(self, trainer: Engine) -> None:
+        atomic_write_text(self.stats_path, json.dumps(self.stats(trainer), indent=2, default=float))

@@ -1,0 +1,194 @@
+"""The real MONAI Label server with apps/lnnode on 127.0.0.1: info, datastore, and bad requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from lnnode.lib.contracts import dumps, make_label
+from lnnode.lib.imageio import write_image
+
+from .conftest import Server, multipart
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("server")
+    studies = root / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    return studies
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> tuple[Path, object]:
+    """A small CT-like volume on an oblique, flipped, anisotropic grid."""
+    from lnnode.lib.geometry import ImageGeometry
+
+    from .conftest import rotation
+
+    direction = rotation("z", 15) @ np.diag([-1.0, -1.0, 1.0])
+    g = ImageGeometry((48, 40, 10), (0.8, 0.8, 4.0), (30.0, 20.0, -100.0), tuple(direction.ravel()))
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("img") / "upload_me.nii.gz"
+    write_image(rng.normal(40, 20, g.shape).astype(np.int16), g, path)
+    return path, g
+
+
+@pytest.fixture(scope="module")
+def server(studies, image_file, tmp_path_factory):
+    # one image with a label JSON already in the folder: the datastore must see it as a label
+    path, g = image_file
+    (studies / "preexisting.nii.gz").write_bytes(path.read_bytes())
+    centre = g.index_to_world(np.array(g.shape) / 2).tolist()
+    label = make_label("preexisting", [{"center": centre, "size": [6.0, 5.0, 8.0], "class": "benign"}])
+    (studies / "labels" / "final" / "preexisting.json").write_text(dumps(label))
+    log_dir = tmp_path_factory.mktemp("logs")
+    server = Server(studies, {"model_dir": str(log_dir / "models"), "demo_weights": "false"}, log_dir / "server.log")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def label_for(image_id: str, g, reviewer: str = "dr.test") -> dict:
+    centre = g.index_to_world(np.array(g.shape) / 2).tolist()
+    nodes = [
+        {"center": centre, "size": [8.0, 7.0, 12.0], "class": "metastatic", "origin": "model", "from_node": "n1"},
+        {"center": [c + 5 for c in centre], "size": [5.0, 5.0, 8.0], "class": "benign", "origin": "added"},
+    ]
+    rejected = [{"center": [c - 5 for c in centre], "size": [6.0, 6.0, 6.0], "from_node": "n2"}]
+    return make_label(image_id, nodes, rejected, reviewer=reviewer, reviewed_at="2026-11-24T09:00:00Z")
+
+
+def test_info_lists_models_before_any_training(server):
+    status, info = server.request("GET", "/info/")
+    assert status == 200
+    assert info["name"] == "lnnode"
+    assert "lymph_node_detection" in info["models"]
+    assert info["models"]["lymph_node_detection"]["type"] == "detection"
+    assert info["models"]["lymph_node_detection"]["weights"]["path"] is None
+    assert "lymph_node_detection" in info["trainers"]
+    assert {"random", "first"} <= set(info["strategies"])
+    assert info["datastore"]["completed"] >= 1, "the label JSON already in the folder counts as a label"
+
+
+def test_infer_without_weights_explains_instead_of_crashing(server):
+    status, body = server.request("POST", "/infer/lymph_node_detection?image=preexisting")
+    assert status == 503
+    assert "has no weights yet" in body["detail"] and "/train/lymph_node_detection" in body["detail"]
+    assert server.request("GET", "/info/")[0] == 200, "the server keeps serving"
+
+
+def test_upload_image_and_label_with_the_client_and_read_them_back(server, image_file, tmp_path):
+    path, g = image_file
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    assert client.upload_image(str(path), image_id="case_001")["image"] == "case_001"
+    label = label_for("case_001", g)
+    label_path = tmp_path / "case_001.json"
+    label_path.write_text(dumps(label))
+    assert client.save_label("case_001", str(label_path), tag="final")["label"] == "case_001"
+
+    downloaded = Path(client.download_label("case_001", "final"))
+    assert downloaded.read_bytes() == label_path.read_bytes()
+    assert json.loads(downloaded.read_text()) == label
+    status, image_bytes = server.request("GET", "/datastore/image?image=case_001")
+    assert status == 200 and image_bytes == path.read_bytes()
+    objects = client.datastore()["objects"]
+    assert objects["case_001"]["labels"]["final"]["ext"] == ".json"
+
+
+def test_resubmitted_label_keeps_the_earlier_version(server, image_file, studies, tmp_path):
+    path, g = image_file
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    client.upload_image(str(path), image_id="case_002")
+    first = tmp_path / "first.json"
+    first.write_text(dumps(label_for("case_002", g)))
+    client.save_label("case_002", str(first), tag="final")
+    second = tmp_path / "second.json"
+    second.write_text(dumps(label_for("case_002", g, reviewer="dr.second")))
+    client.save_label("case_002", str(second), tag="final")
+    assert Path(client.download_label("case_002", "final")).read_bytes() == second.read_bytes()
+    history = list((studies / "labels" / "final" / ".history").glob("*case_002.json"))
+    assert [h.read_bytes() for h in history] == [first.read_bytes()]
+
+
+@pytest.mark.parametrize(
+    "method, path, expected",
+    [
+        ("POST", "/infer/no_such_model?image=preexisting", 404),
+        ("POST", "/infer/lymph_node_detection?image=no_such_image", 404),
+        ("POST", "/infer/lymph_node_detection?image=..%2F..%2Fetc%2Fpasswd", 400),
+        ("POST", "/infer/lymph_node_detection?image=%2Fetc%2Fpasswd", 400),
+        ("POST", "/activelearning/no_such_strategy", 404),
+        ("POST", "/train/no_such_model", 404),
+        ("GET", "/datastore/image/info?image=no_such_image", 404),
+        ("GET", "/datastore/label?label=preexisting&tag=..%2F..%2Fx", 400),
+        ("DELETE", "/datastore/image?id=..%2Fpreexisting", 400),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_reason(server, method, path, expected):
+    status, body = server.request(method, path)
+    assert status == expected, body
+    assert isinstance(body, dict) and body.get("detail")
+
+
+def test_path_traversal_uploads_write_nothing_outside(server, image_file, studies):
+    path, _ = image_file
+    body, headers = multipart({"params": "{}"}, {"file": ("x.nii.gz", path.read_bytes())})
+    for image_id in ("..%2F..%2Fescaped", "%2Ftmp%2Fescaped", "a%2Fb", ".hidden"):
+        status, reply = server.request("PUT", f"/datastore/?image={image_id}", body, headers)
+        assert status == 400, reply
+        assert "invalid image id" in reply["detail"]
+    assert not list(studies.parent.rglob("escaped*"))
+    label_body, label_headers = multipart({"params": "{}"}, {"label": ("l.json", b"{}")})
+    status, reply = server.request(
+        "PUT", "/datastore/label?image=preexisting&tag=..%2F..%2Fevil", label_body, label_headers
+    )
+    assert status == 400 and "invalid label tag" in reply["detail"]
+    assert not list(studies.parent.rglob("evil*"))
+
+
+def test_bad_uploads_are_refused_and_nothing_is_stored(server, image_file, studies, tmp_path):
+    path, g = image_file
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(MONAILabelClientException, match="Status: 422.*was not stored"):
+        client.upload_image(str(corrupt), image_id="corrupt")
+    assert not list(studies.glob("corrupt*"))
+
+    good = tmp_path / "good.json"
+    good.write_text(dumps(label_for("preexisting", g)))
+    client.save_label("preexisting", str(good), tag="final")
+    cases = {
+        "size": (label_for("preexisting", g), "nodes[0].size[1]", -3.0, "must be > 0"),
+        "class": (label_for("preexisting", g), "nodes[1].class", "cancer", "must be one of"),
+        "schema": (label_for("preexisting", g), "schema", "lnnode.label/9", "schema"),
+        "image": (label_for("preexisting", g), "image", "another_case", "image"),
+        "outside": (label_for("preexisting", g), "nodes[0].center", [9999.0, 0.0, 0.0], "outside the image"),
+    }
+    for name, (doc, field, value, message) in cases.items():
+        target = doc
+        keys = field.replace("[", ".").replace("]", "").split(".")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+        bad = tmp_path / f"bad_{name}.json"
+        bad.write_text(json.dumps(doc))
+        with pytest.raises(MONAILabelClientException, match=f"Status: 422.*{message}"):
+            client.save_label("preexisting", str(bad), tag="final")
+    not_json = tmp_path / "bad.json"
+    not_json.write_bytes(b"\x00\x01 not json")
+    with pytest.raises(MONAILabelClientException, match="Status: 422.*not valid JSON"):
+        client.save_label("preexisting", str(not_json), tag="final")
+    with pytest.raises(MONAILabelClientException, match="Status: 404"):
+        client.save_label("no_such_image", str(good), tag="final")
+    # the stored label is still the good one
+    assert Path(client.download_label("preexisting", "final")).read_bytes() == good.read_bytes()
+    assert not list(studies.rglob("*.lnnode-tmp/*")), "no temp file left behind"
