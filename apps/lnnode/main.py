@@ -130,6 +130,7 @@ class LymphNodeApp(MONAILabelApp):
         request = dict(request)
         # results name the image by its datastore id (an upload may pass params {"image_id": ...})
         request.setdefault("image_id", "upload" if os.path.isabs(image) else image)
+        request["image"] = self._sequences(request["model"], image, datastore or self.datastore())
         # MONAI Label would store the returned markups file as the "original" label; lnnode keeps
         # its results itself (the markups file is not a label)
         request["save_label"] = False
@@ -141,6 +142,21 @@ class LymphNodeApp(MONAILabelApp):
         if model is not None:
             self._known("model", model, self._trainers)
         return super().bundle_path(model)
+
+    def _sequences(self, model: str, image: str, datastore: Datastore) -> str | list[str]:
+        """A multi-sequence model reads the case's other sequences too (``<id><suffix>`` images)."""
+        suffixes = getattr(self._infers[model], "channel_suffixes", lambda: [])()
+        if not suffixes:
+            return image
+        if os.path.isabs(image):
+            raise RequestError(f"model {model!r} reads several sequences {suffixes}: infer on a datastore image")
+        paths = [datastore.get_image_uri(image)]
+        for companion in (f"{image}{suffix}" for suffix in suffixes):
+            uri = datastore.get_image_uri(companion)
+            if not uri:
+                raise NotFound(f"model {model!r} also needs image {companion!r} (sequence {companion[len(image) :]})")
+            paths.append(uri)
+        return paths
 
     def train(self, request):
         self._known("model", request.get("model"), self._trainers)

@@ -53,7 +53,10 @@ class DetectionToResultd(MapTransform):
 class NodeDetection(CheckpointInferTask):
     """RetinaNet node detection: load -> world-aligned grid -> normalise -> body crop -> sliding
     window -> boxes back to world LPS. Request params: ``score_thresh``, ``nms_thresh``,
-    ``max_boxes`` (defaults from ``--conf`` or the checkpoint), ``device``, ``amp``."""
+    ``max_boxes`` (defaults from ``--conf`` or the checkpoint), ``device``, ``amp``.
+
+    A multi-sequence model (e.g. T2 + DWI) gets ``image`` as the list of the case's sequences; the
+    app finds them in the datastore by the checkpoint's ``channel_suffixes``."""
 
     checkpoint_task = "detection"
 
@@ -65,6 +68,10 @@ class NodeDetection(CheckpointInferTask):
             description="Lymph-node detection: 3D boxes (world LPS mm) with detection scores",
             config=config,
         )
+
+    def channel_suffixes(self) -> list[str]:
+        """Suffixes of the extra sequences the model reads (``case_001`` + ``_dwi``); [] for one channel."""
+        return list(self.checkpoint().meta["preprocessing"].get("channel_suffixes", []))
 
     def spec(self) -> DetectorSpec:
         return DetectorSpec.from_dict(self.checkpoint().meta["network"])

@@ -42,18 +42,17 @@ def design_anchor_shapes(
 ) -> list[list[int]]:
     """Base anchor shapes (integer voxels, ``n_shapes`` x 3) for node box ``sizes`` (N, 3) in voxels.
 
-    Deterministic: initialised from quantiles of the node volumes.
+    Deterministic: initialised from volume quantiles of the nodes.
     """
     s = np.asarray(sizes, dtype=float).reshape(-1, 3)
     s = s[np.all(s > 0, axis=1)]
     if len(s) < n_shapes:
         raise ValueError(f"need at least {n_shapes} node sizes to design anchors, got {len(s)}")
     scales = np.asarray(scales, dtype=float)
-    # start: spread over the smallest octave, where the base shapes live
-    volume = np.prod(s, axis=1)
-    order = np.argsort(volume)
-    picks = order[np.linspace(0, len(s) // max(len(scales), 1), n_shapes).astype(int)]
-    base = s[picks].copy()
+    # start: nodes spread over the volume range; the first assignment moves each to its octave
+    order = np.argsort(np.prod(s, axis=1), kind="stable")
+    picks = order[np.linspace(0, len(s) - 1, n_shapes).round().astype(int)]
+    base = s[picks] / scales[0]
     for _ in range(iterations):
         anchors = _all_anchors(base, scales)
         best = centred_iou(s, anchors).argmax(axis=1)

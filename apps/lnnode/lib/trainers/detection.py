@@ -38,7 +38,7 @@ from monai.transforms import (
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..networks.anchors import anchor_coverage, design_anchor_shapes
 from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
 from ..transforms import (
@@ -61,19 +61,36 @@ __all__ = ["NodeDetectionTrainer", "labelled_datalist"]
 METRIC = "val_cpm"
 
 
-def labelled_datalist(datastore: Datastore, tag: str) -> list[dict[str, str]]:
-    """``{"image", "label", "id"}`` for every image that has a label with ``tag``."""
+def companion_ids(image_id: str, suffixes: list[str]) -> list[str]:
+    """Image ids of the extra co-registered sequences of a case (``case_001`` + ``_dwi``...)."""
+    return [f"{image_id}{suffix}" for suffix in suffixes]
+
+
+def labelled_datalist(
+    datastore: Datastore, tag: str, channel_suffixes: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``{"image", "label", "id"}`` for every image that has a label with ``tag``.
+
+    With ``channel_suffixes`` the image is the list of the case's sequences (the labelled image
+    first, then ``<id><suffix>`` for each suffix); a case missing a sequence is left out.
+    """
     items = []
+    suffixes = list(channel_suffixes or [])
     for image_id in sorted(datastore.list_images()):
         label = datastore.get_label_by_image_id(image_id, tag)
-        if label:
-            items.append(
-                {
-                    "image": datastore.get_image_uri(image_id),
-                    "label": datastore.get_label_uri(label, tag),
-                    "id": image_id,
-                }
-            )
+        if not label:
+            continue
+        paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
+        if not all(paths):
+            logger.warning(f"{image_id}: left out, a sequence {suffixes} is missing")
+            continue
+        items.append(
+            {
+                "image": paths if suffixes else paths[0],
+                "label": datastore.get_label_uri(label, tag),
+                "id": image_id,
+            }
+        )
     return items
 
 
@@ -121,10 +138,29 @@ class NodeDetectionTrainer(BasicTrainTask):
         )
 
     # -- data ---------------------------------------------------------------------------------------
+    def _served_checkpoint(self, request) -> Checkpoint | None:
+        """The served model, when this training fine-tunes it (``init`` = ``current``)."""
+        if request.get("init", "current") != "current":
+            return None
+        for path in reversed(self.served_paths):
+            if os.path.exists(path):
+                try:
+                    return load_checkpoint(path, task="detection")
+                except CheckpointError as e:
+                    logger.warning(f"not fine-tuning from {path}: {e}")
+        return None
+
+    def _channel_suffixes(self, request) -> list[str]:
+        served = self._served_checkpoint(request)
+        if served is not None:
+            return list(served.meta["preprocessing"].get("channel_suffixes", []))
+        return list(request.get("channel_suffixes") or [])
+
     def pre_process(self, request, datastore: Datastore):
-        datalist = labelled_datalist(datastore, request.get("label_tag") or DefaultLabelTag.FINAL.value)
+        tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
+        datalist = labelled_datalist(datastore, tag, self._channel_suffixes(request))
         if not datalist:
-            raise ValueError(f"no image has a {request.get('label_tag')!r} label: nothing to train on")
+            raise ValueError(f"no image has a {tag!r} label (with all its sequences): nothing to train on")
         return datalist
 
     def partition_datalist(self, context: Context, shuffle: bool = False):
@@ -136,23 +172,24 @@ class NodeDetectionTrainer(BasicTrainTask):
     def _spec_for(self, context: Context) -> DetectorSpec:
         """The served model's spec when fine-tuning, else this task's spec with anchors fitted to the data."""
         request = context.request
-        if request.get("init", "current") == "current":
-            for path in reversed(self.served_paths):
-                if os.path.exists(path):
-                    try:
-                        checkpoint = load_checkpoint(path, task="detection")
-                    except CheckpointError as e:
-                        logger.warning(f"not fine-tuning from {path}: {e}")
-                        continue
-                    context.init_state = checkpoint.state_dict
-                    context.preprocessing = checkpoint.meta["preprocessing"]
-                    return DetectorSpec.from_dict(checkpoint.meta["network"])
+        served = self._served_checkpoint(request)
+        if served is not None:
+            context.init_state = served.state_dict
+            context.preprocessing = served.meta["preprocessing"]
+            return DetectorSpec.from_dict(served.meta["network"])
+        suffixes = self._channel_suffixes(request)
         context.init_state = None
-        context.preprocessing = {"modality": self.modality, "intensity": DEFAULT_INTENSITY[self.modality]}
-        spec = DetectorSpec.from_dict({**self.spec.to_dict(), **request.get("spec", {})})
+        context.preprocessing = {
+            "modality": self.modality,
+            "intensity": DEFAULT_INTENSITY[self.modality],
+            "channel_suffixes": suffixes,
+        }
+        spec = DetectorSpec.from_dict(
+            {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
+        )
         if not request.get("spec", {}).get("anchor_shapes"):
             sizes = np.asarray(
-                [n["size"] for item in context.datalist for n in load_label(item["label"], item["id"])["nodes"]]
+                [n["size"] for item in context.train_datalist for n in load_label(item["label"], item["id"])["nodes"]]
             ).reshape(-1, 3)
             if len(sizes) >= len(spec.anchor_shapes):
                 voxels = sizes / np.asarray(spec.spacing)
