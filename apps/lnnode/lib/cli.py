@@ -1,4 +1,4 @@
-"""The ``lnnode`` command: phantoms, import, training, evaluation and model management.
+"""lnnode: lymph-node phantoms, data import, training, evaluation and model management.
 
 Every subcommand is documented in ``lnnode <command> --help`` and in the README.
 """
