@@ -30,9 +30,7 @@ def inside(point, node) -> bool:
 def oblique_phantoms(tmp_path_factory) -> Path:
     """CT phantoms the demo detector never saw: other seed, oblique direction, anisotropic spacing."""
     studies = tmp_path_factory.mktemp("oblique") / "studies"
-    synthesize(
-        studies, 2, modality="ct", seed=4242, shape=(160, 150, 48), spacing=(1.1, 0.9, 2.5), direction="oblique"
-    )
+    synthesize(studies, 2, modality="ct", seed=4242, shape=(160, 150, 48), spacing=(1.1, 0.9, 2.5), direction="oblique")
     return studies
 
 

@@ -9,12 +9,13 @@ replaces is kept as ``<name>.previous.pt`` for rollback.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_copy, atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,27 +50,14 @@ def previous_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, task: str, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, fsync, rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "task": task,
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-            "meta": meta,
-        }
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+    """Write a checkpoint atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "task": task,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "meta": meta,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> Checkpoint:
@@ -96,30 +84,14 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> Checkpo
 def publish(source: str | os.PathLike, model_path: str | os.PathLike) -> Path:
     """Make ``source`` (a checkpoint file) the served model; the current one becomes the previous.
 
-    Each step is a rename, so a reader always finds a whole model at ``model_path``.
+    Every step is an atomic copy, so a reader always finds a whole model at ``model_path``.
     """
     load_checkpoint(source)  # never publish what cannot be loaded
     target = Path(model_path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.staged")
-    with open(source, "rb") as src, open(staged, "wb") as dst:
-        dst.write(src.read())
-        dst.flush()
-        os.fsync(dst.fileno())
     if target.exists():
-        _copy_over(target, previous_path(target))  # a copy: the current model stays served meanwhile
-    os.replace(staged, target)
-    return target
-
-
-def _copy_over(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` atomically (the source stays served until it is replaced)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as s, open(tmp, "wb") as d:
-        d.write(s.read())
-        d.flush()
-        os.fsync(d.fileno())
-    os.replace(tmp, dest)
+        atomic_copy(target, previous_path(target))  # a copy: the current model stays served meanwhile
+    return atomic_copy(source, target)
 
 
 def rollback(model_path: str | os.PathLike) -> Path:
@@ -129,9 +101,7 @@ def rollback(model_path: str | os.PathLike) -> Path:
     if not prev.exists():
         raise CheckpointError(f"{target}: no previous model to roll back to")
     load_checkpoint(prev)
-    swap = target.with_name(f".{target.name}.swap")
-    _copy_over(prev, swap)
+    previous = prev.read_bytes()
     if target.exists():
-        _copy_over(target, prev)
-    os.replace(swap, target)
-    return target
+        atomic_copy(target, prev)
+    return atomic_write(target, lambda tmp: Path(tmp).write_bytes(previous))

@@ -162,8 +162,8 @@ def _add_demo_weights(sub) -> None:
     )
     p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
     p.add_argument("--out", default=str(APP_DIR / "model" / "demo"), help="folder for the demo checkpoint")
-    p.add_argument("--cases", type=int, default=24, help="training phantoms (default: 24)")
-    p.add_argument("--epochs", type=int, default=40, help="epochs (default: 40)")
+    p.add_argument("--cases", type=int, default=32, help="training phantoms (default: 32)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs (default: 60)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(run=_run_demo_weights)
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from typing import Any
 
@@ -29,10 +28,11 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from .atomic import atomic_copy
 from .contracts import ContractError, check_label_in_image, parse_label, parse_result
 from .errors import NotFound, RequestError, Unprocessable
 from .geometry import ImageGeometry
-from .imageio import TEMP_DIR_NAME, ImageError, image_suffix, read_sitk
+from .imageio import ImageError, image_suffix, read_sitk
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +73,6 @@ class LnnodeDatastore(LocalDatastore):
     def _image_geometry(self, image_id: str) -> ImageGeometry:
         return ImageGeometry.from_sitk(read_sitk(self.get_image_uri(image_id)))
 
-    @staticmethod
-    def _copy_atomic(src: str, dest: str) -> None:
-        tmp_dir = os.path.join(os.path.dirname(dest), TEMP_DIR_NAME)
-        os.makedirs(tmp_dir, exist_ok=True)
-        tmp = os.path.join(tmp_dir, f"{os.path.basename(dest)}.{os.getpid()}.{time.time_ns()}")
-        try:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
     # -- images -------------------------------------------------------------------------------------
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         suffix = image_suffix(image_filename)
@@ -115,7 +101,7 @@ class LnnodeDatastore(LocalDatastore):
         name = self._filename(image_id, suffix)
         dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
         with FileLock(self._lock_file):
-            self._copy_atomic(image_filename, dest)
+            atomic_copy(image_filename, dest)
             info = dict(image_info or {})
             info.update(ts=int(time.time()), name=name)
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
@@ -182,7 +168,7 @@ class LnnodeDatastore(LocalDatastore):
             previous = obj.labels.get(tag)
             if previous:
                 self._archive(label_dir, self._filename(image_id, previous.ext), previous.info.get("ts"))
-            self._copy_atomic(label_filename, os.path.join(label_dir, name))
+            atomic_copy(label_filename, os.path.join(label_dir, name))
             info = dict(label_info or {})
             info.update(ts=int(time.time()), name=name)
             obj.labels[tag] = DataModel(info=info, ext=suffix)

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .datastore import LnnodeDatastore
-from .imageio import atomic_write_text
 from .infers.detection import NodeDetection
 from .metrics.detection import FP_RATES, evaluate_detection
 from .trainers.detection import labelled_datalist

@@ -1,15 +1,13 @@
 """Reading and writing 3D images with their geometry (world LPS), with clear errors for bad input.
 
 Arrays here are always in index order ``(i, j, k)`` (SimpleITK's numpy view is ``(k, j, i)``).
-Writes go to a temporary file beside the target and are renamed into place, so a reader never sees
-a half-written file.
+Writes are atomic (see atomic.py): a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .geometry import GeometryError, ImageGeometry
 
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     "sitk_to_array",
     "array_to_sitk",
     "write_image",
-    "atomic_write_bytes",
-    "atomic_write_text",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -168,20 +165,6 @@ def read_image(path: str | os.PathLike, allow_nonfinite: bool = False) -> tuple[
     return array, ImageGeometry.from_sitk(image)
 
 
-TEMP_DIR_NAME = ".lnnode-tmp"
-
-
-def _temp_beside(target: Path, suffix: str) -> str:
-    # a hidden sub-folder on the same file system: the rename stays atomic, and folder scans
-    # (the MONAI Label datastore lists files, not sub-folders) never see a half-written file
-    tmp_dir = target.parent / TEMP_DIR_NAME
-    tmp_dir.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=suffix, dir=tmp_dir)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a published file is for every reader of the folder
-    return tmp
-
-
 def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write an index-ordered array with its geometry; atomic (temp file + rename)."""
     target = Path(path)
@@ -189,32 +172,5 @@ def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
     suffix = image_suffix(target)
     if not suffix:
         raise ImageError(target, f"unknown image suffix (use one of {', '.join(IMAGE_SUFFIXES)})")
-    tmp = _temp_beside(target, suffix)
-    try:
-        sitk.WriteImage(array_to_sitk(array, geometry), tmp, compress)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to ``path`` through a temp file and a rename (readers see all or nothing)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(target, "")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    image = array_to_sitk(array, geometry)
+    return atomic_write(target, lambda tmp: sitk.WriteImage(image, tmp, compress), suffix=suffix)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .contracts import (
     ContractError,
     check_label_in_image,
@@ -40,7 +41,7 @@ from .contracts import (
 from .datastore import check_name
 from .errors import RequestError
 from .geometry import ImageGeometry
-from .imageio import ImageError, atomic_write_text, image_suffix, read_image, write_image
+from .imageio import ImageError, image_suffix, read_image, write_image
 from .transforms.spatial import resample_to_grid
 
 logger = logging.getLogger(__name__)

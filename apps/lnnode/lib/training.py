@@ -25,8 +25,11 @@ __all__ = ["DETECTION", "DEMO_SYNTH", "train_detector", "make_demo_weights"]
 DETECTION = "lymph_node_detection"
 APP_DIR = Path(__file__).resolve().parents[1]
 
-# the demo detector's training phantoms: CT, 1 x 1 x 2 mm, a flipped (RAS-like) direction
+# the demo detector's training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
+# nodes (half of them real ULS23 shapes) inserted into the real TotalSegmentator CTs
 DEMO_SYNTH: dict[str, Any] = {"modality": "ct", "seed": 7, "shape": (192, 192, 64), "spacing": (1.0, 1.0, 2.0)}
+DEMO_REAL: dict[str, Any] = {"modality": "ct", "seed": 8, "background": "real", "prefix": "realct_"}
+DEMO_REAL_SHARE = 0.25
 
 
 def train_detector(
@@ -73,7 +76,7 @@ def train_detector(
 
 
 def make_demo_weights(
-    work: str | os.PathLike, out: str | os.PathLike, cases: int = 24, epochs: int = 40, device: str = "cpu"
+    work: str | os.PathLike, out: str | os.PathLike, cases: int = 32, epochs: int = 60, device: str = "cpu"
 ) -> tuple[Path, dict[str, Any]]:
     """Regenerate the shipped demo detector: phantoms with fixed seeds, training from scratch."""
     from .phantoms import synthesize
@@ -82,7 +85,10 @@ def make_demo_weights(
     studies = work / "studies"
     if studies.exists():
         shutil.rmtree(studies)
-    synthesize(studies, cases, **DEMO_SYNTH)
+    n_real = int(round(cases * DEMO_REAL_SHARE))
+    synthesize(studies, cases - n_real, **DEMO_SYNTH)
+    if n_real:
+        synthesize(studies, n_real, **DEMO_REAL)
     model_dir = work / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -92,7 +98,10 @@ def make_demo_weights(
     checkpoint = load_checkpoint(model_dir / f"{DETECTION}.pt", task="detection")
     checkpoint.meta["training"]["demo"] = {
         "command": f"lnnode demo-weights --cases {cases} --epochs {epochs}",
-        "data": f"synthetic CT phantoms ({cases} cases, {DEMO_SYNTH}); not clinical data",
+        "data": (
+            f"phantoms, not clinical data: {cases - n_real} synthetic CT ({DEMO_SYNTH}) and {n_real} real "
+            f"TotalSegmentator CT backgrounds with inserted nodes ({DEMO_REAL})"
+        ),
         "validation": {"val_cpm": stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
     }
     target = save_checkpoint(Path(out) / f"{DETECTION}.pt", "detection", checkpoint.state_dict, checkpoint.meta)

@@ -53,7 +53,8 @@ class DetectionToResultd(MapTransform):
 class NodeDetection(CheckpointInferTask):
     """RetinaNet node detection: load -> world-aligned grid -> normalise -> body crop -> sliding
     window -> boxes back to world LPS. Request params: ``score_thresh``, ``nms_thresh``,
-    ``max_boxes`` (defaults from ``--conf`` or the checkpoint), ``device``, ``amp``.
+    ``max_boxes`` (defaults from ``--conf`` or the checkpoint), ``device``, ``amp``, ``crop_to_body``
+    (default true: the sliding window skips the air around the patient).
 
     A multi-sequence model (e.g. T2 + DWI) gets ``image`` as the list of the case's sequences; the
     app finds them in the datastore by the checkpoint's ``channel_suffixes``."""
@@ -81,12 +82,14 @@ class NodeDetection(CheckpointInferTask):
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         meta = self.checkpoint().meta
-        return [
+        transforms = [
             LoadVolumed(keys="image"),
             ResampleToGridd(keys="image", spacing=meta["network"]["spacing"]),
             NormalizeIntensityd(keys="image", spec=meta["preprocessing"]["intensity"]),
-            CropToBodyd(keys="image", threshold=BODY_THRESHOLD),
         ]
+        if str((data or {}).get("crop_to_body", True)).lower() not in ("false", "0", "no"):
+            transforms.append(CropToBodyd(keys="image", threshold=BODY_THRESHOLD))
+        return transforms
 
     def detector(self, data=None):
         spec = self.spec()

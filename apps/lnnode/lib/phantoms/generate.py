@@ -23,8 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from .. import contracts
+from ..atomic import atomic_write_text
 from ..geometry import ImageGeometry
-from ..imageio import atomic_write_text, write_image
+from ..imageio import write_image
 from ..measurement import axial_axes, z_axis_of
 from .anatomy import render_anatomy, sample_anatomy
 from .config import PhantomConfig, PhantomError

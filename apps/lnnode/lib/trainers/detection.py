@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from ignite.metrics import Average
 from monai.apps.detection.transforms.dictionary import (
     ClipBoxToImaged,
@@ -163,7 +165,8 @@ class NodeDetectionTrainer(BasicTrainTask):
             raise ValueError(f"no image has a {tag!r} label (with all its sequences): nothing to train on")
         return datalist
 
-    def partition_datalist(self, context: Context, shuffle: bool = False):
+    def partition_datalist(self, context: Context, shuffle: bool = True):
+        # shuffled with MONAI's fixed seed: validation mixes the kinds of cases, reproducibly
         train, val = super().partition_datalist(context, shuffle)
         if not train:  # a single labelled image: train on it, validate on it too
             train = val
@@ -385,6 +388,15 @@ class NodeDetectionTrainer(BasicTrainTask):
         )
         publisher.attach(context.trainer, context.evaluator)
         context.publisher = publisher
+        budget = float(context.request.get("max_train_minutes") or 0)
+        if budget > 0:  # a wall-clock budget (benchmarks): stop, then publish as after the last epoch
+            deadline = context.start_ts + 60.0 * budget
+
+            def stop_at_deadline(engine):
+                if time.time() > deadline:
+                    engine.terminate()
+
+            context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
 
     def _meta(self, context: Context) -> dict[str, Any]:
         return {

@@ -20,8 +20,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from ..atomic import atomic_write_text
 from ..checkpoint import publish, save_checkpoint
-from ..imageio import atomic_write_text
 from ..metrics.detection import cpm, froc, match_volume
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,12 @@ class PublishBestModel:
         self._write_stats(trainer)
 
     def _completed(self, trainer: Engine) -> None:
+        if self.context.evaluator is None and trainer.state.iteration % max(trainer.state.epoch_length or 1, 1):
+            # stopped inside an epoch (a time budget) without validation: the latest weights are the model
+            meta = self.make_meta(self.context)
+            meta.setdefault("training", {}).update({"epoch": trainer.state.epoch, "run_id": self.context.run_id})
+            save_checkpoint(self.best_path, self.task, self._state_dict(), meta)
+            self.best_epoch = trainer.state.epoch
         if os.path.exists(self.best_path):
             publish(self.best_path, self.model_path)
             self.status = "published"
