@@ -156,3 +156,29 @@ def test_checkpoints_publish_rollback_and_refuse_code(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_nested_boxes_are_suppressed_but_neighbours_kept():
+    from lnnode.lib.transforms import suppress_nested
+
+    big = _node((0, 0, 0), (20, 20, 20), 0.9)
+    inner = _node((3, 3, 3), (6, 6, 6), 0.5)  # IoU with big is 0.027: NMS keeps it, we do not
+    neighbour = _node((14, 0, 0), (8, 8, 8), 0.4)  # overlaps big, but its centre is outside it
+    assert suppress_nested([big, inner, neighbour]) == [big, neighbour]
+
+
+def test_operating_point_is_read_off_the_validation_froc():
+    from lnnode.lib.trainers.handlers import DetectionCPM
+
+    gt = [_node((0, 0, 0), (10, 10, 10)), _node((50, 0, 0), (6, 6, 6))]
+    metric = DetectionCPM()
+    metric.reset()
+    pred = [
+        _node((0, 0, 0), (10, 10, 10), 0.9),
+        _node((90, 0, 0), (5, 5, 5), 0.7),
+        _node((50, 0, 0), (6, 6, 6), 0.6),
+        _node((-90, 0, 0), (5, 5, 5), 0.2),
+    ]
+    metric.update([{"pred": pred, "gt": gt}])
+    assert metric.operating_point(1.0) == {"score_threshold": 0.6, "sensitivity": 1.0, "fp_per_volume": 1.0}
+    assert metric.operating_point(0.5) == {"score_threshold": 0.9, "sensitivity": 0.5, "fp_per_volume": 0.0}

@@ -15,7 +15,7 @@ from ..checkpoint import Checkpoint
 from ..geometry import ImageGeometry
 from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
 from ..transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, NormalizeIntensityd, ResampleToGridd
-from ..transforms.boxes import boxes_to_nodes
+from ..transforms.boxes import boxes_to_nodes, suppress_nested
 from .base import CheckpointInferTask
 from .writer import ResultWriter, make_result
 
@@ -43,9 +43,11 @@ class DetectionToResultd(MapTransform):
         boxes = torch.as_tensor(d["boxes"]).detach().float().cpu().numpy().reshape(-1, 6)
         scores = torch.as_tensor(d["labels_scores"]).detach().float().cpu().numpy().reshape(-1)
         order = np.argsort(-scores, kind="stable")
-        nodes = []
-        for rank, (node, score) in enumerate(zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)):
-            nodes.append({"id": f"n{rank + 1}", **node, "detection_score": round(float(score), 4)})
+        ranked = [
+            {**node, "detection_score": round(float(score), 4)}
+            for node, score in zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)
+        ]
+        nodes = [{"id": f"n{rank + 1}", **node} for rank, node in enumerate(suppress_nested(ranked))]
         d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, detector=self.detector_name)
         return d
 

@@ -53,6 +53,7 @@ from ..transforms import (
     ResampleToGridd,
     boxes_to_nodes,
     load_label,
+    suppress_nested,
 )
 from .handlers import DetectionCPM, PublishBestModel
 
@@ -290,7 +291,8 @@ class NodeDetectionTrainer(BasicTrainTask):
         return None
 
     def val_key_metric(self, context: Context):
-        return {METRIC: DetectionCPM()}
+        context.val_metric = DetectionCPM()
+        return {METRIC: context.val_metric}
 
     def load_path(self, output_dir, pretrained=True):
         return None  # initial weights come from the served checkpoint (see network())
@@ -335,10 +337,12 @@ class NodeDetectionTrainer(BasicTrainTask):
                 detector.eval()
                 with torch.no_grad(), torch.autocast("cuda", enabled=context.device.type == "cuda" and self._amp):
                     pred = detector([image], use_inferer=True)[0]
-                nodes = boxes_to_nodes(pred["boxes"].float().cpu().numpy(), sample["grid"])
-                for node, score in zip(nodes, pred["labels_scores"].float().cpu().numpy(), strict=True):
+                scores = pred["labels_scores"].float().cpu().numpy()
+                order = np.argsort(-scores, kind="stable")  # the infer task's post-processing, as served
+                nodes = boxes_to_nodes(pred["boxes"].float().cpu().numpy()[order], sample["grid"])
+                for node, score in zip(nodes, scores[order], strict=True):
                     node["detection_score"] = float(score)
-                outputs.append({"pred": nodes, "gt": sample["label"]["nodes"]})
+                outputs.append({"pred": suppress_nested(nodes), "gt": sample["label"]["nodes"]})
             return outputs
 
         return step
@@ -399,9 +403,15 @@ class NodeDetectionTrainer(BasicTrainTask):
             context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
 
     def _meta(self, context: Context) -> dict[str, Any]:
+        spec = context.spec.to_dict()
+        metric: DetectionCPM | None = getattr(context, "val_metric", None)
+        operating = metric.operating_point(max_fp_per_volume=1.0) if metric is not None else None
+        if operating is not None and context.request.get("pick_threshold", True):
+            # the default score threshold a reader sees: the validation point with <= 1 FP per volume
+            spec["score_thresh"] = float(np.clip(operating["score_threshold"], 0.05, 0.95))
         return {
             "name": self.name,
-            "network": context.spec.to_dict(),
+            "network": spec,
             "preprocessing": context.preprocessing,
             "classes": ["lymph_node"],
             "training": {
@@ -411,6 +421,7 @@ class NodeDetectionTrainer(BasicTrainTask):
                 "n_val": len(context.val_datalist),
                 "label_tag": context.request.get("label_tag"),
                 "anchor_coverage": getattr(context, "anchor_coverage", None),
+                "operating_point": operating,
                 "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
             },
         }

@@ -51,6 +51,20 @@ class DetectionCPM(Metric):
             return 0.0
         return cpm(froc(self._matches))[0]
 
+    def operating_point(self, max_fp_per_volume: float = 1.0) -> dict[str, float] | None:
+        """The highest-sensitivity point of the last evaluation with at most ``max_fp_per_volume``."""
+        if not getattr(self, "_matches", None) or sum(m.n_gt for m in self._matches) == 0:
+            return None
+        curve = froc(self._matches)
+        ok = np.flatnonzero(curve["fp_per_volume"] <= max_fp_per_volume)
+        best = ok[np.argmax(curve["sensitivity"][ok])]
+        threshold = float(curve["thresholds"][best]) if np.isfinite(curve["thresholds"][best]) else 1.0
+        return {
+            "score_threshold": threshold,
+            "sensitivity": float(curve["sensitivity"][best]),
+            "fp_per_volume": float(curve["fp_per_volume"][best]),
+        }
+
 
 class PublishBestModel:
     """Save the best checkpoint of a run; publish it when training completes; keep train stats.

@@ -1,6 +1,6 @@
 """Dictionary transforms (MONAI style) that the infer and train tasks compose."""
 
-from .boxes import DETECTOR_OFFSET, LabelToBoxesd, boxes_to_nodes, load_label, nodes_to_boxes
+from .boxes import DETECTOR_OFFSET, LabelToBoxesd, boxes_to_nodes, load_label, nodes_to_boxes, suppress_nested
 from .intensity import BODY_THRESHOLD, DEFAULT_INTENSITY, NormalizeIntensityd, normalize_intensity
 from .spatial import CropToBodyd, LoadVolumed, ResampleToGridd, body_box, grid_for, resample_to_grid
 
@@ -20,4 +20,5 @@ __all__ = [
     "nodes_to_boxes",
     "normalize_intensity",
     "resample_to_grid",
+    "suppress_nested",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "nodes_to_boxes",
     "boxes_to_nodes",
     "LabelToBoxesd",
+    "suppress_nested",
 ]
 
 DETECTOR_OFFSET = 0.5
@@ -54,6 +55,21 @@ def boxes_to_nodes(boxes: np.ndarray, grid: ImageGeometry) -> list[dict]:
     """Detector boxes (N, 6) on ``grid`` to world boxes ``{"center", "size"}`` (LPS mm)."""
     b = np.asarray(boxes, dtype=float).reshape(-1, 6) - DETECTOR_OFFSET
     return [index_box_to_node(row[:3], row[3:], grid) for row in b]
+
+
+def suppress_nested(nodes: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Drop a box whose centre lies inside a higher-scoring box (nodes sorted by score, best first).
+
+    IoU-based NMS keeps a small box inside a large one (their IoU is low), so one node can come out
+    as several boxes; a radiologist would have to dismiss each. Two real nodes rarely hold each
+    other's centre.
+    """
+    kept: list[Mapping[str, Any]] = []
+    for node in nodes:
+        c = np.asarray(node["center"], dtype=float)
+        if not any(np.all(np.abs(c - np.asarray(k["center"])) <= np.asarray(k["size"]) / 2) for k in kept):
+            kept.append(node)
+    return kept
 
 
 class LabelToBoxesd(MapTransform):
