@@ -51,7 +51,8 @@ def test_demo_detector_finds_phantom_nodes_on_an_oblique_grid(start_server, obli
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
     hits, total, false_boxes = 0, 0, 0
     for case in manifest["cases"]:
-        markups_file, result = client.infer("lymph_node_detection", case["id"], {"score_thresh": 0.3})
+        # the served default threshold (picked on validation): what a radiologist sees
+        markups_file, result = client.infer("lymph_node_detection", case["id"], {})
         parse_result(json.dumps(result))
         assert result["image"] == case["id"] and result["coordinate_system"] == "LPS"
         assert all("p_metastasis" not in n for n in result["nodes"])
@@ -67,7 +68,7 @@ def test_demo_detector_finds_phantom_nodes_on_an_oblique_grid(start_server, obli
     assert total >= 3
     # the demo detector is small and trained on a few phantoms: most nodes >= 6 mm, few false boxes
     assert hits / total >= 0.6, (hits, total)
-    assert false_boxes <= 4 * len(manifest["cases"]), false_boxes
+    assert false_boxes <= 2 * len(manifest["cases"]), false_boxes
 
 
 def test_tiny_training_via_train_endpoint_publishes_a_model_the_next_infer_uses(start_server, tmp_path):
