@@ -33,7 +33,8 @@ case "$cmd" in
         export PATH="$PWD/$VENV/bin:$PATH"
         studies="${LNNODE_DEMO_STUDIES:-demo/studies}"
         if [ ! -f "$studies/synth_manifest.json" ]; then
-            lnnode synth --out "$studies" --cases 6 --modality ct --seed 2026 --label-tag ground_truth
+            lnnode synth --out "$studies" --cases 6 --modality ct --seed 2026 --shape 192 192 64 --spacing 1 1 2 \
+                --label-tag ground_truth
         fi
         exec monailabel start_server --app apps/lnnode --studies "$studies" \
             --host 127.0.0.1 --port "${PORT:-8000}" --conf device cpu

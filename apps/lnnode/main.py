@@ -137,10 +137,10 @@ class LymphNodeApp(MONAILabelApp):
         return super().infer(request, datastore)
 
     def bundle_path(self, model):
-        # MONAI Label asks for this before it starts a background training (POST /train/<model>): the
-        # one place to refuse an unknown model with a 404 instead of a 200 and a failing process
+        # MONAI Label asks for this before it starts a background task (POST /train/<model>, batch infer):
+        # the one place to refuse an unknown model with a 404 instead of a 200 and a failing process
         if model is not None:
-            self._known("model", model, self._trainers)
+            self._known("model", model, {**self._infers, **self._trainers})
         return super().bundle_path(model)
 
     def _sequences(self, model: str, image: str, datastore: Datastore) -> str | list[str]:

@@ -17,7 +17,6 @@ What it adds to the stock datastore:
 from __future__ import annotations
 
 import filecmp
-import json
 import logging
 import os
 import re
@@ -187,16 +186,6 @@ class LnnodeDatastore(LocalDatastore):
         dest = os.path.join(history, f"{stamp}.{time.time_ns()}.{name}")
         os.replace(src, dest)
 
-    def label_history(self, image_id: str, tag: str) -> list[str]:
-        """Paths of the earlier versions of an image's label for a tag, oldest first."""
-        self._object(image_id)
-        history = os.path.join(self._datastore.label_path(check_name(tag, "label tag")), HISTORY_DIR)
-        if not os.path.isdir(history):
-            return []
-        stems = {self._filename(image_id, p[1:]) for p in LABEL_PATTERNS}
-        found = [f for f in os.listdir(history) if f.split(".", 2)[-1] in stems]
-        return [os.path.join(history, f) for f in sorted(found)]
-
     def remove_label(self, label_id: str, label_tag: str) -> None:
         obj = self._object(label_id)
         tag = check_name(label_tag, "label tag")
@@ -221,12 +210,3 @@ class LnnodeDatastore(LocalDatastore):
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         self.get_label_info(label_id, label_tag)
         super().update_label_info(label_id, label_tag, info)
-
-    def read_label(self, image_id: str, tag: str = DefaultLabelTag.FINAL.value) -> dict:
-        """The parsed label JSON of an image for a tag (404 if absent or not JSON)."""
-        obj = self._object(image_id)
-        label = obj.labels.get(check_name(tag, "label tag"))
-        if not label or label.ext != ".json":
-            raise NotFound(f"image {image_id!r} has no JSON label with tag {tag!r}")
-        with open(self.get_label_uri(image_id, tag), encoding="utf-8") as f:
-            return json.load(f)
