@@ -22,9 +22,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib.configs import task_configs
+from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, infer_config, task_configs
 from lib.datastore import LnnodeDatastore
 from lib.errors import NotFound, RequestError
+from lib.infers.pipeline import NodePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,14 @@ class LymphNodeApp(MONAILabelApp):
         for name, config in self.models.items():
             task = config.infer()
             infers.update(task if isinstance(task, dict) else {name: task})
+        if DETECTION in infers:
+            # one call for the whole chain (as the radiology app's vertebra pipeline chains its models)
+            infers[PIPELINE] = NodePipeline(
+                PIPELINE,
+                infers[DETECTION],
+                infers.get(CLASSIFICATION),
+                config=infer_config(self.conf, PIPELINE_OPTIONS),
+            )
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:

@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+from .names import CLASSIFICATION, DETECTION, TRAINABLE
+
 APP_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = APP_DIR / "model"
-DETECTION = "lymph_node_detection"
 
 
 def _add_synth(sub) -> None:
@@ -73,10 +74,11 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on a studies folder (the same train task /train/ runs on the server)",
-        description="Train the detector on every image of STUDIES with a label of --label-tag and publish "
-        "the best epoch to --model-dir (the previous model is kept for rollback).",
+        description="Train a model on every image of STUDIES with a label of --label-tag (the classifier: on "
+        "every node with a class) and publish the best epoch to --model-dir (the previous model is kept "
+        "for rollback).",
     )
-    p.add_argument("model", choices=[DETECTION], help="which model to train")
+    p.add_argument("model", choices=TRAINABLE, help="which model to train")
     p.add_argument("--studies", required=True, help="studies folder with images and labels")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="where the model is published")
     p.add_argument("--label-tag", default="final", help="label tag to train from (default: final)")
@@ -84,18 +86,27 @@ def _add_train(sub) -> None:
     p.add_argument("--init", choices=["current", "scratch"], default="current", help="fine-tune or start anew")
     p.add_argument("--val-split", type=float, default=0.2, help="share of images held out for validation")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
-    p.add_argument("--patches", type=int, default=4, help="patches per image per step")
+    p.add_argument("--patches", type=int, default=4, help="detector: patches per image per step")
+    p.add_argument("--batch-size", type=int, help="classifier: node crops per step (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--modality", choices=["ct", "mr"], default="ct", help="intensity normalisation (new models)")
-    p.add_argument("--spec", help="JSON of DetectorSpec fields for a new model, e.g. '{\"fpn_channels\": 48}'")
+    p.add_argument(
+        "--spec",
+        help="JSON of DetectorSpec / ClassifierSpec fields for a new model, e.g. '{\"fpn_channels\": 48}' or "
+        '\'{"architecture": "2.5d", "pretrained_path": "resnet18.pth"}\'',
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (reproducible runs)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
-    from .training import train_detector
+    from .training import train_model
 
-    stats = train_detector(
+    extra = {"patches_per_image": args.patches}
+    if args.batch_size:
+        extra["train_batch_size"] = args.batch_size
+    stats = train_model(
+        args.model,
         studies=args.studies,
         model_dir=args.model_dir,
         label_tag=args.label_tag,
@@ -103,11 +114,11 @@ def _run_train(args) -> int:
         init=args.init,
         val_split=args.val_split,
         learning_rate=args.lr,
-        patches_per_image=args.patches,
         device=args.device,
         modality=args.modality,
         spec=json.loads(args.spec) if args.spec else None,
         seed=args.seed,
+        extra=extra,
     )
     print(json.dumps({k: stats[k] for k in ("status", "reason", "best_metric", "best_metric_epoch")}, indent=2))
     return 0 if stats.get("status") == "published" else 1
@@ -116,13 +127,19 @@ def _run_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate the detector on labelled images: FROC, CPM, AP, per-size sensitivity",
-        description="Runs the detection infer task on every image of STUDIES with a --label-tag label and "
-        "writes metrics.json and froc.png to --out.",
+        help="evaluate on labelled images: detection (FROC, CPM, AP) or classification (AUC, rules, N stage)",
+        description="--task detection (default) runs the detector on every image of STUDIES with a --label-tag "
+        "label and writes metrics.json and froc.png to --out. --task classification classifies the labelled "
+        "nodes that have a class, applies the size and morphology rules to the same nodes, runs the pipeline "
+        "for the N-stage hint and writes classification.json, roc.png and reliability.png.",
     )
+    p.add_argument("--task", choices=["detection", "classification"], default="detection", help="what to evaluate")
     p.add_argument("--studies", required=True, help="studies folder with images and ground-truth labels")
     p.add_argument("--label-tag", default="final", help="ground-truth label tag (default: final)")
-    p.add_argument("--model", help="detector checkpoint (default: the served one in --model-dir)")
+    p.add_argument("--model", help="checkpoint of the evaluated model (default: the served one in --model-dir)")
+    p.add_argument("--detector", help="classification: detector for the N-stage hint (default: the served one)")
+    p.add_argument("--no-stage", action="store_true", help="classification: skip the pipeline's N-stage hint")
+    p.add_argument("--bootstrap", type=int, default=2000, help="classification: bootstrap resamples (AUC CI)")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
     p.add_argument("--out", required=True, help="output folder for metrics.json and froc.png")
     p.add_argument("--criterion", choices=["iou", "center"], default="iou", help="hit criterion (default: iou)")
@@ -132,8 +149,22 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluation import evaluate_studies
+    from .evaluation import evaluate_classification, evaluate_studies
 
+    if args.task == "classification":
+        classifier = args.model or _served_model(args.model_dir, CLASSIFICATION)
+        detector = None if args.no_stage else args.detector or _served_model(args.model_dir, DETECTION)
+        report = evaluate_classification(
+            args.studies, classifier, args.out, args.label_tag, detector, args.device, n_boot=args.bootstrap
+        )
+        for name, r in report["nodes"]["scorers"].items():
+            print(f"{name}: AUC {r['auc']:.3f} (95% CI {r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f})")
+        if "n_stage" in report:
+            print(
+                f"N-stage hint vs truth: kappa {report['n_stage']['kappa']:.3f} ({report['n_stage']['n_cases']} cases)"
+            )
+        print(f"wrote {Path(args.out) / 'classification.json'}, roc.png and reliability.png")
+        return 0
     model = args.model or _served_model(args.model_dir, DETECTION)
     metrics = evaluate_studies(
         args.studies, model, args.out, args.label_tag, args.criterion, args.iou, device=args.device
@@ -156,14 +187,15 @@ def _served_model(model_dir: str, name: str) -> str:
 def _add_demo_weights(sub) -> None:
     p = sub.add_parser(
         "demo-weights",
-        help="regenerate the shipped demo detector (phantoms, fixed seeds, CPU)",
-        description="Writes phantoms to a work folder, trains the compact detector from scratch with fixed "
-        "seeds and writes apps/lnnode/model/demo/lymph_node_detection.pt (or --out).",
+        help="regenerate a shipped demo model (phantoms, fixed seeds, CPU)",
+        description="Writes phantoms to a work folder, trains the model from scratch with fixed seeds and "
+        "writes apps/lnnode/model/demo/<model>.pt (or to --out).",
     )
+    p.add_argument("--model", choices=TRAINABLE, default=DETECTION, help="which model (default: the detector)")
     p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
     p.add_argument("--out", default=str(APP_DIR / "model" / "demo"), help="folder for the demo checkpoint")
-    p.add_argument("--cases", type=int, default=32, help="training phantoms (default: 32)")
-    p.add_argument("--epochs", type=int, default=60, help="epochs (default: 60)")
+    p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 80 classifier)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 40 classifier)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(run=_run_demo_weights)
 
@@ -171,8 +203,9 @@ def _add_demo_weights(sub) -> None:
 def _run_demo_weights(args) -> int:
     from .training import make_demo_weights
 
-    path, stats = make_demo_weights(args.work, args.out, args.cases, args.epochs, args.device)
-    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); validation CPM {stats.get('best_metric')}")
+    path, stats = make_demo_weights(args.work, args.out, args.cases, args.epochs, args.device, model=args.model)
+    metric = f"{stats.get('key_metric_name')} {stats.get('best_metric')}"
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); validation {metric}")
     return 0
 
 
@@ -182,7 +215,7 @@ def _add_rollback(sub) -> None:
         help="serve the previous model again (undoes the last publish; run again to redo)",
         description="Swaps <model-dir>/<model>.pt and <model>.previous.pt; the server picks it up on the next request.",
     )
-    p.add_argument("model", choices=[DETECTION], help="which model")
+    p.add_argument("model", choices=TRAINABLE, help="which model")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
     p.set_defaults(run=_run_rollback)
 

@@ -44,6 +44,7 @@ __all__ = [
     "label_to_index_boxes",
     "index_box_to_node",
     "check_label_in_image",
+    "validate_query_nodes",
 ]
 
 RESULT_SCHEMA = "lnnode.result/1"
@@ -306,6 +307,29 @@ def validate_result(result: Any) -> dict:
             "summary.n_nodes", f"is {result['summary']['n_nodes']} but there are {len(result['nodes'])} nodes"
         )
     return result
+
+
+# -- boxes given to a model (classification requests) --------------------------------------------------
+def validate_query_nodes(nodes: Any, path: str = "nodes") -> list:
+    """Boxes a client asks a model about: a list of objects with ``center`` and ``size`` (world LPS mm)
+    and an optional ``id``. Other fields (a result's or a label's) are ignored, so a client can send
+    back the nodes it received. Returns the list or raises ContractError naming the field."""
+    if not isinstance(nodes, list):
+        raise ContractError(path, f"must be a list of boxes, got {_type_name(nodes)}")
+    for i, node in enumerate(nodes):
+        p = f"{path}[{i}]"
+        if not isinstance(node, dict):
+            raise ContractError(p, f"must be an object, got {_type_name(node)}")
+        for key, check in (("center", _center), ("size", _size)):
+            if key not in node:
+                raise ContractError(_join(p, key), "missing required field")
+            check(node[key], _join(p, key))
+        if "id" in node:
+            _string(node["id"], _join(p, "id"))
+    ids = [n["id"] for n in nodes if "id" in n]
+    if len(set(ids)) != len(ids):
+        raise ContractError(path, "node ids must be unique")
+    return nodes
 
 
 # -- JSON ---------------------------------------------------------------------------------------------

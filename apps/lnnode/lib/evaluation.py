@@ -14,7 +14,7 @@ from .atomic import atomic_write_text
 from .datastore import LnnodeDatastore
 from .infers.detection import NodeDetection
 from .metrics.detection import FP_RATES, evaluate_detection
-from .trainers.detection import labelled_datalist
+from .trainers.datalist import labelled_datalist
 from .transforms import load_label
 
 __all__ = ["detect_studies", "evaluate_studies", "plot_froc"]
@@ -125,3 +125,108 @@ def evaluate_studies(
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_froc(metrics, out / "froc.png", title=f"{Path(studies).name}: FROC ({metrics['criterion']})")
     return metrics
+
+
+# -- classification, measurement, rules and N stage ---------------------------------------------------
+def _manifest_cases(studies: Path) -> dict[str, dict]:
+    path = studies / "synth_manifest.json"
+    if not path.exists():
+        return {}
+    return {c["id"]: c for c in json.loads(path.read_text()).get("cases", [])}
+
+
+def _true_stage(nodes: list[dict]) -> str | None:
+    """The N-stage hint the ground truth gives (count of metastatic nodes); None without classes."""
+    from .rules import n_stage_hint
+
+    if any("class" not in n for n in nodes):
+        return None
+    return n_stage_hint(sum(n["class"] == "metastatic" for n in nodes))
+
+
+def evaluate_classification(
+    studies: str | os.PathLike,
+    classifier: str,
+    out: str | os.PathLike,
+    label_tag: str = "final",
+    detector: str | None = None,
+    device: str = "cpu",
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Node-level classification metrics of ``classifier`` and of the rule baselines on the same
+    ground-truth nodes (their labelled boxes), the short-axis error where a phantom manifest gives
+    the truth, and, with a ``detector``, the pipeline's N-stage hint against the truth per case.
+
+    Writes ``classification.json``, ``roc.png`` and ``reliability.png`` to ``out``.
+    """
+    from .delineation import measure_node
+    from .infers.classification import NodeClassification
+    from .infers.detection import NodeDetection
+    from .infers.pipeline import NodePipeline
+    from .metrics.classification import classification_report, cohen_kappa, plot_reliability, plot_roc
+    from .names import CLASSIFICATION, DETECTION, PIPELINE
+    from .rules import node_rules
+    from .transforms import LoadVolumed
+
+    studies = Path(studies)
+    classify = NodeClassification(CLASSIFICATION, [classifier], config={"device": device})
+    modality = classify.checkpoint().meta["preprocessing"].get("modality", "ct")
+    pipeline = (
+        NodePipeline(PIPELINE, NodeDetection(DETECTION, [detector], config={"device": device}), classify)
+        if detector
+        else None
+    )
+    manifest = _manifest_cases(studies)
+    y, scores, rules, errors, stages = [], [], {"size_10mm": [], "morphology": []}, [], ([], [])
+    cases = []
+    for item in labelled_datalist(LnnodeDatastore(str(studies)), label_tag):
+        gt = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in ("benign", "metastatic")]
+        if not gt:
+            continue
+        cases.append(item["id"])
+        loaded = LoadVolumed(keys="image")({"image": item["image"]})
+        image, geometry = loaded["image"], loaded["image_geometry"]
+        _, result = classify({"image": item["image"], "image_id": item["id"], "device": device, "nodes": gt})
+        truth = sorted(manifest.get(item["id"], {}).get("nodes", []), key=lambda n: n.get("instance", 0))
+        for i, (node, predicted) in enumerate(zip(gt, result["nodes"], strict=True)):
+            y.append(int(node["class"] == "metastatic"))
+            scores.append(predicted["p_metastasis"])
+            m = measure_node(image[0], geometry, node["center"], node["size"], modality)
+            for rule, value in node_rules(m).items():
+                rules[rule].append(value)
+            if m is not None and len(truth) == len(gt):
+                source = truth[i].get("features", {}).get("shape_source", "unknown")
+                errors.append((abs(m.short_axis_mm - truth[i]["short_axis_mm"]), source))
+        if pipeline is not None:
+            true_stage = _true_stage(gt)
+            _, staged = pipeline({"image": item["image"], "image_id": item["id"], "device": device})
+            stages[0].append(true_stage)
+            stages[1].append(staged["summary"]["n_stage_hint"])
+    if not y:
+        raise ValueError(f"{studies}: no labelled node has a class (benign or metastatic) to evaluate against")
+    report: dict[str, Any] = {
+        "classifier": str(classifier),
+        "data": {"studies": str(studies), "label_tag": label_tag, "cases": cases},
+        "n_cases": len(cases),
+        "boxes": "ground-truth boxes (labelled), so detection errors do not enter the node-level figures",
+        "nodes": classification_report(np.asarray(y), np.asarray(scores), rules=rules, n_boot=n_boot),
+    }
+    if errors:
+        report["short_axis_error_mm"] = _error_summary([e for e, _ in errors])
+        report["short_axis_error_mm"]["by_shape_source"] = {
+            s: _error_summary([e for e, src in errors if src == s]) for s in sorted({src for _, src in errors})
+        }
+    if stages[0] and all(s is not None for s in stages[0]):
+        kappa = cohen_kappa(stages[0], stages[1], labels=["N0", "N1", "N2"])
+        report["n_stage"] = {"detector": str(detector), "n_cases": len(stages[0]), **kappa}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "classification.json", json.dumps(report, indent=2, default=float))
+    plot_roc(np.asarray(y), {"classifier": scores, **rules}, out / "roc.png", title=f"{studies.name}: node-level ROC")
+    plot_reliability(np.asarray(y), np.asarray(scores), out / "reliability.png")
+    return report
+
+
+def _error_summary(errors: list[float]) -> dict[str, float]:
+    e = np.asarray(errors, dtype=float)
+    return {"n": int(e.size), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)), "max": float(e.max())}

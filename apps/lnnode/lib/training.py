@@ -1,6 +1,6 @@
 """Training entry points outside the server (CLI, benchmarks, demo weights).
 
-They run the very train task the server's ``/train/`` runs, on a studies folder.
+They run the very train tasks the server's ``/train/`` runs, on a studies folder.
 """
 
 from __future__ import annotations
@@ -15,24 +15,37 @@ from monai.utils import set_determinism
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datastore import LnnodeDatastore
+from .names import CLASSIFICATION, DETECTION
+from .networks.classifier import ClassifierSpec
 from .networks.detector import DetectorSpec
+from .trainers.classification import NodeClassificationTrainer
 from .trainers.detection import NodeDetectionTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DETECTION", "DEMO_SYNTH", "train_detector", "make_demo_weights"]
+__all__ = ["DEMO_SYNTH", "DEMO_REAL", "train_model", "train_detector", "train_classifier", "make_demo_weights"]
 
-DETECTION = "lymph_node_detection"
 APP_DIR = Path(__file__).resolve().parents[1]
 
-# the demo detector's training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
+# model -> (train task, spec class, checkpoint task, key metric)
+_MODELS = {
+    DETECTION: (NodeDetectionTrainer, DetectorSpec, "detection", "val_cpm"),
+    CLASSIFICATION: (NodeClassificationTrainer, ClassifierSpec, "classification", "val_auc"),
+}
+
+# the demo models' training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
 # nodes (half of them real ULS23 shapes) inserted into the real TotalSegmentator CTs
 DEMO_SYNTH: dict[str, Any] = {"modality": "ct", "seed": 7, "shape": (192, 192, 64), "spacing": (1.0, 1.0, 2.0)}
 DEMO_REAL: dict[str, Any] = {"modality": "ct", "seed": 8, "background": "real", "prefix": "realct_"}
 DEMO_REAL_SHARE = 0.25
+# the classifier sees node crops only: more cases (more nodes), smaller volumes
+DEMO_CLASSIFIER_SYNTH: dict[str, Any] = {**DEMO_SYNTH, "seed": 17, "shape": (160, 160, 48)}
+DEMO_CLASSIFIER_REAL: dict[str, Any] = {**DEMO_REAL, "seed": 18}
+DEMO_DEFAULTS = {DETECTION: {"cases": 32, "epochs": 60}, CLASSIFICATION: {"cases": 80, "epochs": 40}}
 
 
-def train_detector(
+def train_model(
+    model: str,
     studies: str | os.PathLike,
     model_dir: str | os.PathLike,
     label_tag: str = "final",
@@ -40,23 +53,25 @@ def train_detector(
     init: str = "current",
     val_split: float = 0.2,
     learning_rate: float = 1e-3,
-    patches_per_image: int = 4,
     device: str = "cpu",
     modality: str = "ct",
     spec: dict[str, Any] | None = None,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the detector on ``studies`` and publish to ``model_dir``; returns the train stats."""
+    """Train ``model`` on ``studies`` and publish to ``model_dir``; returns the train stats."""
+    if model not in _MODELS:
+        raise ValueError(f"unknown model {model!r}; trainable: {', '.join(_MODELS)}")
+    trainer_cls, spec_cls, _, _ = _MODELS[model]
     set_determinism(seed)
-    model_path = Path(model_dir) / f"{DETECTION}.pt"
-    demo = APP_DIR / "model" / "demo" / f"{DETECTION}.pt"
-    trainer = NodeDetectionTrainer(
-        DETECTION,
+    model_path = Path(model_dir) / f"{model}.pt"
+    demo = APP_DIR / "model" / "demo" / f"{model}.pt"
+    trainer = trainer_cls(
+        model,
         model_dir=str(model_dir),
         publish_path=str(model_path),
         served_paths=[str(demo), str(model_path)],
-        spec=DetectorSpec.from_dict({**DetectorSpec().to_dict(), **(spec or {})}),
+        spec=spec_cls.from_dict({**spec_cls().to_dict(), **(spec or {})}),
         modality=modality,
     )
     request = {
@@ -65,7 +80,6 @@ def train_detector(
         "init": init,
         "val_split": val_split,
         "learning_rate": learning_rate,
-        "patches_per_image": patches_per_image,
         "device": device,
         **(extra or {}),
     }
@@ -75,34 +89,56 @@ def train_detector(
         set_determinism(None)
 
 
+def train_detector(
+    studies: str | os.PathLike, model_dir: str | os.PathLike, patches_per_image: int = 4, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`train_model` for the detector (``patches_per_image`` patches per image and step)."""
+    extra = {"patches_per_image": patches_per_image, **(kwargs.pop("extra", None) or {})}
+    return train_model(DETECTION, studies, model_dir, extra=extra, **kwargs)
+
+
+def train_classifier(studies: str | os.PathLike, model_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """:func:`train_model` for the metastasis classifier."""
+    return train_model(CLASSIFICATION, studies, model_dir, **kwargs)
+
+
 def make_demo_weights(
-    work: str | os.PathLike, out: str | os.PathLike, cases: int = 32, epochs: int = 60, device: str = "cpu"
+    work: str | os.PathLike,
+    out: str | os.PathLike,
+    cases: int | None = None,
+    epochs: int | None = None,
+    device: str = "cpu",
+    model: str = DETECTION,
 ) -> tuple[Path, dict[str, Any]]:
-    """Regenerate the shipped demo detector: phantoms with fixed seeds, training from scratch."""
+    """Regenerate a shipped demo model: phantoms with fixed seeds, training from scratch."""
     from .phantoms import synthesize
 
-    work = Path(work)
+    cases = cases or DEMO_DEFAULTS[model]["cases"]
+    epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
+    synth, real = (DEMO_SYNTH, DEMO_REAL) if model == DETECTION else (DEMO_CLASSIFIER_SYNTH, DEMO_CLASSIFIER_REAL)
+    work = Path(work) / model
     studies = work / "studies"
     if studies.exists():
         shutil.rmtree(studies)
     n_real = int(round(cases * DEMO_REAL_SHARE))
-    synthesize(studies, cases - n_real, **DEMO_SYNTH)
+    synthesize(studies, cases - n_real, **synth)
     if n_real:
-        synthesize(studies, n_real, **DEMO_REAL)
+        synthesize(studies, n_real, **real)
     model_dir = work / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    stats = train_detector(studies, model_dir, epochs=epochs, init="scratch", val_split=0.2, device=device, seed=0)
+    stats = train_model(model, studies, model_dir, epochs=epochs, init="scratch", val_split=0.2, device=device)
     if stats.get("status") != "published":
         raise RuntimeError(f"demo training did not publish a model: {stats.get('reason')}")
-    checkpoint = load_checkpoint(model_dir / f"{DETECTION}.pt", task="detection")
+    task, metric = _MODELS[model][2], _MODELS[model][3]
+    checkpoint = load_checkpoint(model_dir / f"{model}.pt", task=task)
     checkpoint.meta["training"]["demo"] = {
-        "command": f"lnnode demo-weights --cases {cases} --epochs {epochs}",
+        "command": f"lnnode demo-weights --model {model} --cases {cases} --epochs {epochs}",
         "data": (
-            f"phantoms, not clinical data: {cases - n_real} synthetic CT ({DEMO_SYNTH}) and {n_real} real "
-            f"TotalSegmentator CT backgrounds with inserted nodes ({DEMO_REAL})"
+            f"phantoms, not clinical data: {cases - n_real} synthetic CT ({synth}) and {n_real} real "
+            f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
         ),
-        "validation": {"val_cpm": stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
+        "validation": {metric: stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
     }
-    target = save_checkpoint(Path(out) / f"{DETECTION}.pt", "detection", checkpoint.state_dict, checkpoint.meta)
+    target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
     return target, stats

@@ -113,6 +113,8 @@ class CheckpointInferTask(BasicInferTask):
             result_file, result = super().__call__(request, callbacks)
         except ImageError as e:
             raise Unprocessable(f"image {request.get('image')!r} cannot be used: {e.reason}") from None
+        if request.get("skip_writer"):  # a stage of the pipeline: its data, result under "result"
+            return result_file, result
         return result_file, self._finish_result(result)
 
     @staticmethod

@@ -9,17 +9,12 @@ kept for rollback), so the next infer request uses it without a restart.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Events
-from ignite.metrics import Average
 from monai.apps.detection.transforms.dictionary import (
     ClipBoxToImaged,
     RandCropBoxByPosNegLabeld,
@@ -28,8 +23,7 @@ from monai.apps.detection.transforms.dictionary import (
 )
 from monai.data import DataLoader, ThreadDataLoader
 from monai.data.utils import no_collation
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
+from monai.handlers import LrScheduleHandler
 from monai.transforms import (
     DeleteItemsd,
     EnsureTyped,
@@ -37,10 +31,9 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
-from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.tasks.train.basic_train import Context
 
-from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..networks.anchors import anchor_coverage, design_anchor_shapes
 from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
 from ..transforms import (
@@ -55,50 +48,22 @@ from ..transforms import (
     load_label,
     suppress_nested,
 )
-from .handlers import DetectionCPM, PublishBestModel
+from .base import LnnodeTrainTask
+from .handlers import DetectionCPM
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NodeDetectionTrainer", "labelled_datalist"]
+__all__ = ["NodeDetectionTrainer"]
 
 METRIC = "val_cpm"
 
 
-def companion_ids(image_id: str, suffixes: list[str]) -> list[str]:
-    """Image ids of the extra co-registered sequences of a case (``case_001`` + ``_dwi``...)."""
-    return [f"{image_id}{suffix}" for suffix in suffixes]
-
-
-def labelled_datalist(
-    datastore: Datastore, tag: str, channel_suffixes: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """``{"image", "label", "id"}`` for every image that has a label with ``tag``.
-
-    With ``channel_suffixes`` the image is the list of the case's sequences (the labelled image
-    first, then ``<id><suffix>`` for each suffix); a case missing a sequence is left out.
-    """
-    items = []
-    suffixes = list(channel_suffixes or [])
-    for image_id in sorted(datastore.list_images()):
-        label = datastore.get_label_by_image_id(image_id, tag)
-        if not label:
-            continue
-        paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
-        if not all(paths):
-            logger.warning(f"{image_id}: left out, a sequence {suffixes} is missing")
-            continue
-        items.append(
-            {
-                "image": paths if suffixes else paths[0],
-                "label": datastore.get_label_uri(label, tag),
-                "id": image_id,
-            }
-        )
-    return items
-
-
-class NodeDetectionTrainer(BasicTrainTask):
+class NodeDetectionTrainer(LnnodeTrainTask):
     """Detection training as a MONAI Label train task (request options in ``config``)."""
+
+    checkpoint_task = "detection"
+    metric_name = METRIC
+    custom_iterations = True
 
     def __init__(
         self,
@@ -110,10 +75,8 @@ class NodeDetectionTrainer(BasicTrainTask):
         modality: str = "ct",
         config: dict[str, Any] | None = None,
     ):
-        self.name = name
         self.spec = spec or DetectorSpec()
         self.modality = modality
-        self.served_paths = served_paths
         defaults = {
             "max_epochs": 50,
             "val_split": 0.2,
@@ -130,48 +93,14 @@ class NodeDetectionTrainer(BasicTrainTask):
         }
         defaults.update(config or {})
         super().__init__(
+            name,
             model_dir=model_dir,
-            description="Train the lymph-node detector from labelled images",
-            config=defaults,
-            amp=True,
             publish_path=publish_path,
-            stats_path=os.path.join(model_dir, f"{name}_train_stats.json"),
+            served_paths=served_paths,
+            description="Train the lymph-node detector from labelled images",
             labels=["lymph_node"],
-            tracking=None,
+            config=defaults,
         )
-
-    # -- data ---------------------------------------------------------------------------------------
-    def _served_checkpoint(self, request) -> Checkpoint | None:
-        """The served model, when this training fine-tunes it (``init`` = ``current``)."""
-        if request.get("init", "current") != "current":
-            return None
-        for path in reversed(self.served_paths):
-            if os.path.exists(path):
-                try:
-                    return load_checkpoint(path, task="detection")
-                except CheckpointError as e:
-                    logger.warning(f"not fine-tuning from {path}: {e}")
-        return None
-
-    def _channel_suffixes(self, request) -> list[str]:
-        served = self._served_checkpoint(request)
-        if served is not None:
-            return list(served.meta["preprocessing"].get("channel_suffixes", []))
-        return list(request.get("channel_suffixes") or [])
-
-    def pre_process(self, request, datastore: Datastore):
-        tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
-        datalist = labelled_datalist(datastore, tag, self._channel_suffixes(request))
-        if not datalist:
-            raise ValueError(f"no image has a {tag!r} label (with all its sequences): nothing to train on")
-        return datalist
-
-    def partition_datalist(self, context: Context, shuffle: bool = True):
-        # shuffled with MONAI's fixed seed: validation mixes the kinds of cases, reproducibly
-        train, val = super().partition_datalist(context, shuffle)
-        if not train:  # a single labelled image: train on it, validate on it too
-            train = val
-        return train, val
 
     def _spec_for(self, context: Context) -> DetectorSpec:
         """The served model's spec when fine-tuning, else this task's spec with anchors fitted to the data."""
@@ -251,9 +180,6 @@ class NodeDetectionTrainer(BasicTrainTask):
             EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
         ]
 
-    def train_post_transforms(self, context: Context):
-        return []
-
     def _loader(self, context, datalist, batch_size, shuffle):
         dataset, _ = self._dataset(context, datalist, is_train=shuffle)
         loader = ThreadDataLoader if context.dataloader_type == "ThreadDataLoader" else DataLoader
@@ -284,18 +210,12 @@ class NodeDetectionTrainer(BasicTrainTask):
     def loss_function(self, context: Context):
         return None  # the detector computes its own classification and box-regression losses
 
-    def val_inferer(self, context: Context):
-        return None
-
     def train_key_metric(self, context: Context):
         return None
 
     def val_key_metric(self, context: Context):
         context.val_metric = DetectionCPM()
         return {METRIC: context.val_metric}
-
-    def load_path(self, output_dir, pretrained=True):
-        return None  # initial weights come from the served checkpoint (see network())
 
     # -- iterations ---------------------------------------------------------------------------------
     def train_iteration_update(self, context: Context):
@@ -347,61 +267,6 @@ class NodeDetectionTrainer(BasicTrainTask):
 
         return step
 
-    # -- engines (our own publisher replaces MONAI Label's checkpoint savers) ------------------------
-    def _create_evaluator(self, context: Context):
-        if not context.val_datalist:
-            return None
-        return SupervisedEvaluator(
-            device=context.device,
-            val_data_loader=self.val_data_loader(context),
-            network=context.network,
-            iteration_update=self.val_iteration_update(context),
-            key_val_metric=self.val_key_metric(context),
-            val_handlers=[StatsHandler(output_transform=lambda x: None, iteration_log=False)],
-            decollate=False,
-        )
-
-    def _create_trainer(self, context: Context):
-        handlers = [h for h in self.train_handlers(context) if not type(h).__name__.startswith("TensorBoard")]
-        if context.evaluator:
-            handlers = [h for h in handlers if not isinstance(h, ValidationHandler)]
-            handlers.append(ValidationHandler(1, validator=context.evaluator, epoch_level=True))
-        return SupervisedTrainer(
-            device=context.device,
-            max_epochs=context.max_epochs,
-            train_data_loader=self.train_data_loader(context),
-            network=context.network,
-            optimizer=context.optimizer,
-            loss_function=lambda *_: None,
-            iteration_update=self.train_iteration_update(context),
-            key_train_metric={"train_loss": Average(output_transform=lambda out: out["loss"])},
-            metric_cmp_fn=lambda current, best: current < best,  # a loss: lower is better
-            train_handlers=handlers,
-            decollate=False,
-            amp=False,  # handled in the iteration (GradScaler on CUDA)
-        )
-
-    def finalize(self, context: Context):
-        publisher = PublishBestModel(
-            context,
-            task="detection",
-            model_path=self._publish_path,
-            stats_path=self._stats_path,
-            make_meta=self._meta,
-            metric_name=METRIC,
-        )
-        publisher.attach(context.trainer, context.evaluator)
-        context.publisher = publisher
-        budget = float(context.request.get("max_train_minutes") or 0)
-        if budget > 0:  # a wall-clock budget (benchmarks): stop, then publish as after the last epoch
-            deadline = context.start_ts + 60.0 * budget
-
-            def stop_at_deadline(engine):
-                if time.time() > deadline:
-                    engine.terminate()
-
-            context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
-
     def _meta(self, context: Context) -> dict[str, Any]:
         spec = context.spec.to_dict()
         metric: DetectionCPM | None = getattr(context, "val_metric", None)
@@ -425,8 +290,3 @@ class NodeDetectionTrainer(BasicTrainTask):
                 "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
             },
         }
-
-    def train(self, rank, world_size, request, datalist):
-        super().train(rank, world_size, request, datalist)
-        with open(self._stats_path) as f:
-            return json.load(f)

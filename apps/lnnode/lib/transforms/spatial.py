@@ -83,6 +83,9 @@ class LoadVolumed(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
+            if isinstance(d[key], np.ndarray) and f"{key}_geometry" in d:
+                d[key] = d[key] if d[key].ndim == 4 else d[key][None]
+                continue
             paths = d[key] if isinstance(d[key], (list, tuple)) else [d[key]]
             channels = []
             geometry = None

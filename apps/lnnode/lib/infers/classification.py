@@ -1,0 +1,174 @@
+"""``lymph_node_classification``: a calibrated metastasis probability for each box the client gives.
+
+Request: ``image`` and ``nodes`` (a list of ``{"center", "size"}`` in world LPS mm, optionally with
+an ``id``; the nodes of a detection result can be sent back as they are). Each node is cropped on a
+world-aligned isotropic grid around its centre, classified under flips of the crop (test-time
+augmentation), and the logits are divided by the temperature fitted on the validation set at
+training. ``p_metastasis`` is the mean probability over the flips, ``uncertainty`` their spread.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from monailabel.interfaces.tasks.infer_v2 import InferType
+
+from ..checkpoint import Checkpoint
+from ..contracts import ContractError, check_label_in_image, validate_query_nodes
+from ..errors import Unprocessable
+from ..imageio import write_image
+from ..networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
+from ..transforms import LoadVolumed, NormalizeIntensityd
+from ..transforms.crops import NodeCropsd, crop_geometry
+from .base import CheckpointInferTask
+from .detection import model_version
+from .writer import ResultWriter, make_result
+
+__all__ = ["NodeClassification", "CheckNodesd", "ClassificationToResultd", "probabilities", "saliency_data_uri"]
+
+SALIENCY_MIME = "data:application/x-nifti-gz;base64,"
+
+# fields of a request node that are carried into the result (a detection result sent back keeps its scores)
+_KEPT = ("detection_score",)
+
+
+def _truthy(value: Any, default: bool) -> bool:
+    return default if value is None or value == "" else str(value).lower() not in ("false", "0", "no")
+
+
+class CheckNodesd(MapTransform):
+    """Validate the request's ``nodes`` against the image (422 naming the field) and give them ids."""
+
+    def __init__(self, nodes_key: str = "nodes", image_key: str = "image"):
+        super().__init__(keys=[nodes_key])
+        self.nodes_key = nodes_key
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        nodes = d.get(self.nodes_key)
+        if nodes is None:
+            raise Unprocessable("no nodes given: pass params {'nodes': [{'center': [x, y, z], 'size': [dx, dy, dz]}]}")
+        try:
+            validate_query_nodes(nodes)
+            check_label_in_image({"nodes": nodes}, d[f"{self.image_key}_geometry"])
+        except ContractError as e:
+            raise Unprocessable(f"nodes: {e}") from None
+        d[self.nodes_key] = [{"id": n.get("id", f"n{i + 1}"), **n} for i, n in enumerate(nodes)]
+        return d
+
+
+def probabilities(logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probability (mean over the TTA columns) and its spread (std) per node."""
+    p = torch.sigmoid(torch.as_tensor(logits, dtype=torch.float32) / float(temperature)).numpy()
+    if p.ndim == 1:
+        p = p[:, None]
+    return p.mean(axis=1), p.std(axis=1)
+
+
+def saliency_data_uri(cam: np.ndarray, center: Sequence[float], spacing: float) -> str:
+    """A Grad-CAM map (X, Y, Z in [0, 1], on the crop grid around ``center``) as a small gzipped NIfTI
+    data URI: half the crop's resolution, uint8 0..255, world-aligned so a viewer overlays it in place."""
+    c = torch.as_tensor(cam, dtype=torch.float32)[None, None]
+    half = torch.nn.functional.avg_pool3d(c, 2)[0, 0].numpy()  # pooled voxel centres sit on a 2*spacing grid
+    geometry = crop_geometry(center, half.shape, 2.0 * spacing)
+    with tempfile.TemporaryDirectory(prefix="lnnode_saliency_") as tmp:
+        path = write_image(np.rint(255 * np.clip(half, 0, 1)).astype(np.uint8), geometry, Path(tmp) / "s.nii.gz")
+        return SALIENCY_MIME + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+class ClassificationToResultd(MapTransform):
+    """Probabilities next to the request's nodes, as a result document (world LPS)."""
+
+    def __init__(self, classifier_name: str, nodes_key: str = "nodes", result_key: str = "result"):
+        super().__init__(keys=[nodes_key])
+        self.classifier_name = classifier_name
+        self.nodes_key = nodes_key
+        self.result_key = result_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        nodes = []
+        for node, p, u in zip(d[self.nodes_key], d["p_metastasis"], d["uncertainty"], strict=True):
+            out = {"id": str(node["id"]), "center": list(node["center"]), "size": list(node["size"])}
+            out.update({k: node[k] for k in _KEPT if k in node})
+            out["p_metastasis"] = round(float(np.clip(p, 0.0, 1.0)), 4)
+            out["uncertainty"] = round(float(u), 4)
+            nodes.append(out)
+        for out, uri in zip(nodes, d.get("saliency_maps") or [], strict=False):
+            out["saliency"] = uri
+        d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, classifier=self.classifier_name)
+        return d
+
+
+class NodeClassification(CheckpointInferTask):
+    """Metastasis probability per node. Request params: ``nodes`` (required), ``tta`` (flips, 1..8,
+    default 8), ``saliency`` (default false: a Grad-CAM map per node as a NIfTI data URI), ``device``, ``amp``."""
+
+    checkpoint_task = "classification"
+
+    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None):
+        super().__init__(
+            name=name,
+            paths=paths,
+            type=InferType.CLASSIFICATION,
+            description="Lymph-node metastasis probability for given boxes (world LPS mm), with uncertainty",
+            config=config,
+            labels=("benign", "metastatic"),
+        )
+
+    def spec(self) -> ClassifierSpec:
+        return ClassifierSpec.from_dict(self.checkpoint().meta["network"])
+
+    def channel_suffixes(self) -> list[str]:
+        return list(self.checkpoint().meta["preprocessing"].get("channel_suffixes", []))
+
+    def temperature(self) -> float:
+        return float(self.checkpoint().meta.get("calibration", {}).get("temperature", 1.0))
+
+    def build_network(self, checkpoint: Checkpoint) -> torch.nn.Module:
+        return build_classifier_network(ClassifierSpec.from_dict(checkpoint.meta["network"]))
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        meta = self.checkpoint().meta
+        spec = self.spec()
+        return [
+            LoadVolumed(keys="image"),
+            CheckNodesd(),
+            NormalizeIntensityd(keys="image", spec=meta["preprocessing"]["intensity"]),
+            NodeCropsd(keys="image", shape=spec.crop_shape, spacing=spec.crop_spacing),
+        ]
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        logits = predict_logits(
+            self._get_network(device, data),
+            data["image"],
+            tta=int(data.get("tta") or 8),
+            device=device,
+            amp=_truthy(data.get("amp"), True),
+        )
+        data["logits"] = logits
+        data["p_metastasis"], data["uncertainty"] = probabilities(logits, self.temperature())
+        if _truthy(data.get("saliency"), False) and len(data["nodes"]):
+            try:
+                cams = grad_cam(self._get_network(device, data), data["image"], device=device).numpy()
+            except ValueError as e:
+                raise Unprocessable(f"saliency: {e}") from None
+            spacing = self.spec().crop_spacing
+            data["saliency_maps"] = [
+                saliency_data_uri(cam, node["center"], spacing) for cam, node in zip(cams, data["nodes"], strict=True)
+            ]
+        return data
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [ClassificationToResultd(model_version(self.checkpoint(), self.name))]
+
+    def writer(self, data, extension=None, dtype=None):
+        return ResultWriter()(data)

@@ -1,0 +1,270 @@
+"""The node classifier: a metastasis logit from a node-centred crop of fixed physical size.
+
+Two architectures, both built by :func:`build_classifier_network` from a :class:`ClassifierSpec`
+that every checkpoint carries:
+
+* ``3d`` (default): a small 3D ResNet on the whole crop, with an optional coordinate-attention
+  block after each stage (the idea of the A-ResNet-W thyroid CT classifier: attention that is
+  pooled along each axis separately keeps *where* in the crop a feature is, e.g. an eccentric
+  necrosis or a border bump, which global channel attention throws away).
+* ``2.5d``: three orthogonal slab images through the node centre (axial, coronal, sagittal; 3
+  adjacent slices each as the RGB channels) through one shared 2D ResNet-18, features concatenated.
+  It can start from ImageNet weights given as a local file (``pretrained_path``; nothing is ever
+  downloaded) and trains from scratch without one.
+
+Crops are ``(C, X, Y, Z)`` on a world-aligned grid (LPS axes), see ``transforms/crops.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ClassifierSpec",
+    "CoordinateAttention3d",
+    "NodeClassifier3d",
+    "NodeClassifier25d",
+    "build_classifier_network",
+    "predict_logits",
+    "grad_cam",
+    "FLIPS",
+]
+
+
+@dataclass
+class ClassifierSpec:
+    """Everything needed to rebuild a classifier and feed it as it was trained."""
+
+    in_channels: int = 1
+    architecture: str = "3d"  # "3d" or "2.5d"
+    crop_mm: float = 48.0  # edge of the cubic crop, mm
+    crop_spacing: float = 1.0  # mm per crop voxel
+    widths: tuple[int, ...] = (16, 32, 64)  # 3d: channels per stage (each stage halves the size)
+    attention: bool = True  # 3d: coordinate attention after each stage
+    dropout: float = 0.2
+    pretrained_path: str = ""  # 2.5d: local torchvision ResNet-18 ImageNet weights (optional)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.crop_mm, self.crop_spacing, self.dropout = (
+            float(self.crop_mm),
+            float(self.crop_spacing),
+            float(self.dropout),
+        )
+        if self.architecture not in ("3d", "2.5d"):
+            raise ValueError(f"architecture must be '3d' or '2.5d', got {self.architecture!r}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive, got {self.widths}")
+        if self.crop_spacing <= 0 or self.crop_mm < 4 * self.crop_spacing:
+            raise ValueError(f"crop of {self.crop_mm} mm at {self.crop_spacing} mm is not a usable crop")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        n = int(round(self.crop_mm / self.crop_spacing))
+        return (n, n, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown classifier spec fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class CoordinateAttention3d(nn.Module):
+    """Coordinate attention in 3D: per-axis profiles (average over the other two axes) share a
+    bottleneck, then each axis gets its own sigmoid gate; the output is ``x * g_x * g_y * g_z``."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.squeeze = nn.Sequential(nn.Conv1d(channels, hidden, 1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.gates = nn.ModuleList(nn.Conv1d(hidden, channels, 1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = x.shape[2:]
+        profiles = [x.mean(dim=(3, 4)), x.mean(dim=(2, 4)), x.mean(dim=(2, 3))]  # (B, C, n_axis) each
+        shared = self.squeeze(torch.cat(profiles, dim=2))
+        out = x
+        for axis, (part, gate) in enumerate(zip(torch.split(shared, list(sizes), dim=2), self.gates, strict=True)):
+            g = torch.sigmoid(gate(part))
+            shape = [g.shape[0], g.shape[1], 1, 1, 1]
+            shape[2 + axis] = sizes[axis]
+            out = out * g.reshape(shape)
+        return out
+
+
+class _ResBlock3d(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm3d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm3d(cout),
+        )
+        self.skip = (
+            nn.Identity()
+            if cin == cout and stride == 1
+            else nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class NodeClassifier3d(nn.Module):
+    """Stem + one residual block per width (stride 2 each) [+ coordinate attention] -> pooled -> logit."""
+
+    def __init__(self, spec: ClassifierSpec):
+        super().__init__()
+        w0 = spec.widths[0]
+        self.stem = nn.Sequential(
+            nn.Conv3d(spec.in_channels, w0, 3, padding=1, bias=False), nn.BatchNorm3d(w0), nn.ReLU(inplace=True)
+        )
+        stages = []
+        cin = w0
+        for w in spec.widths:
+            block: list[nn.Module] = [_ResBlock3d(cin, w, stride=2)]
+            if spec.attention:
+                block.append(CoordinateAttention3d(w))
+            stages.append(nn.Sequential(*block))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(spec.dropout), nn.Linear(cin, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (what Grad-CAM explains)."""
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.adaptive_avg_pool3d(self.features(x), 1)).squeeze(1)
+
+
+def _planes(x: torch.Tensor) -> list[torch.Tensor]:
+    """Axial, coronal and sagittal slabs through the centre of (B, C, X, Y, Z): 3 slices x C channels each."""
+    cx, cy, cz = (s // 2 for s in x.shape[2:])
+    axial = x[:, :, :, :, cz - 1 : cz + 2].permute(0, 1, 4, 2, 3)  # (B, C, 3, X, Y)
+    coronal = x[:, :, :, cy - 1 : cy + 2, :].permute(0, 1, 3, 2, 4)  # (B, C, 3, X, Z)
+    sagittal = x[:, :, cx - 1 : cx + 2, :, :]  # (B, C, 3, Y, Z)
+    return [p.reshape(p.shape[0], -1, p.shape[3], p.shape[4]) for p in (axial, coronal, sagittal)]
+
+
+class NodeClassifier25d(nn.Module):
+    """Three orthogonal slabs through a shared 2D ResNet-18; the features of the three are concatenated."""
+
+    def __init__(self, spec: ClassifierSpec, load_pretrained: bool = False):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        backbone = resnet18(weights=None)
+        if load_pretrained and spec.pretrained_path:
+            _load_imagenet(backbone, spec.pretrained_path)
+        if spec.in_channels != 1:
+            # 3 slices x C channels: spread the (pretrained) RGB filters over the channels
+            conv = backbone.conv1
+            new = nn.Conv2d(3 * spec.in_channels, conv.out_channels, 7, 2, 3, bias=False)
+            with torch.no_grad():
+                new.weight.copy_(conv.weight.repeat(1, spec.in_channels, 1, 1) / spec.in_channels)
+            backbone.conv1 = new
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(3 * 512, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        planes = _planes(x)
+        n = x.shape[0]
+        feats = self.backbone(torch.cat(planes, dim=0))  # one pass for the three planes
+        return self.head(torch.cat(torch.split(feats, n, dim=0), dim=1)).squeeze(1)
+
+
+def _load_imagenet(backbone: nn.Module, path: str) -> None:
+    """torchvision ResNet-18 ImageNet weights from a local file (a state dict); the fc layer is not used."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights {path!r} not found (nothing is downloaded: give a local file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, False)
+    if [k for k in missing if not k.startswith("fc.")] or unexpected:
+        raise ValueError(f"{path}: not ResNet-18 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def build_classifier_network(spec: ClassifierSpec, load_pretrained: bool = False) -> nn.Module:
+    """The network described by ``spec``: input (B, C, X, Y, Z) crops, output (B,) logits.
+
+    ``load_pretrained`` (training from scratch only) starts a 2.5d backbone from ``spec.pretrained_path``;
+    a checkpoint's own weights replace them anyway, so infer never needs that file.
+    """
+    if spec.architecture == "3d":
+        return NodeClassifier3d(spec)
+    return NodeClassifier25d(spec, load_pretrained=load_pretrained)
+
+
+# the 8 flip combinations of the three crop axes; the identity first, so tta=1 is plain inference
+FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+@torch.no_grad()
+def predict_logits(
+    network: nn.Module,
+    crops: torch.Tensor | Any,
+    tta: int = 8,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Logits (N, tta) of crops (N, C, X, Y, Z), one column per flip of the crops (test-time augmentation).
+
+    The spread over the flips is the node's uncertainty; flips are cheap (no resampling) and keep
+    the crop's physical geometry, unlike rotations on an anisotropic source image.
+    """
+    tta = int(min(max(tta, 1), len(FLIPS)))
+    crops = torch.as_tensor(crops, dtype=torch.float32)
+    device = torch.device(device)
+    network.eval()
+    out = torch.empty((crops.shape[0], tta), dtype=torch.float32)
+    use_amp = amp and device.type == "cuda"
+    for start in range(0, crops.shape[0], batch_size):
+        batch = crops[start : start + batch_size].to(device)
+        with torch.autocast("cuda", enabled=use_amp):
+            for t, dims in enumerate(FLIPS[:tta]):
+                out[start : start + batch.shape[0], t] = (
+                    network(torch.flip(batch, dims) if dims else batch).float().cpu()
+                )
+    return out
+
+
+def grad_cam(network: nn.Module, crops: torch.Tensor | Any, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Grad-CAM of the metastasis logit on the last 3D stage, upsampled to the crop: (N, X, Y, Z) in [0, 1].
+
+    Only the 3d architecture has one feature volume to explain; a 2.5d network raises ValueError.
+    """
+    if not isinstance(network, NodeClassifier3d):
+        raise ValueError("saliency maps need the 3d classifier architecture")
+    x = torch.as_tensor(crops, dtype=torch.float32).to(device)
+    network.eval()
+    with torch.enable_grad():
+        feats = network.features(x).detach().requires_grad_(True)
+        logits = network.head(torch.nn.functional.adaptive_avg_pool3d(feats, 1)).squeeze(1)
+        (grad,) = torch.autograd.grad(logits.sum(), feats)
+    weights = grad.mean(dim=(2, 3, 4), keepdim=True)
+    cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+    return (cam / peak).cpu()

@@ -1,0 +1,182 @@
+"""What lnnode's train tasks share: fine-tuning the served model, the run's engines, the publisher.
+
+A subclass gives its data, network, metric and checkpoint metadata (``_meta``); this class builds
+MONAI's SupervisedTrainer/Evaluator around them, replaces MONAI Label's checkpoint savers by
+:class:`PublishBestModel` (the best epoch is published atomically when training completes, the
+previous model is kept), and honours an optional wall-clock budget (``max_train_minutes``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from abc import abstractmethod
+from typing import Any
+
+from ignite.engine import Events
+from ignite.metrics import Average
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import StatsHandler, ValidationHandler
+from monai.inferers import SimpleInferer
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .datalist import labelled_datalist
+from .handlers import PublishBestModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LnnodeTrainTask"]
+
+
+class LnnodeTrainTask(BasicTrainTask):
+    """BasicTrainTask that publishes lnnode checkpoints (``checkpoint_task``) ranked by ``metric_name``."""
+
+    checkpoint_task: str = ""
+    metric_name: str = ""
+    custom_iterations: bool = False  # True: the subclass's iteration updates run their own AMP
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str,
+        publish_path: str,
+        served_paths: list[str],
+        description: str,
+        labels: list[str],
+        config: dict[str, Any],
+    ):
+        self.name = name
+        self.served_paths = served_paths
+        super().__init__(
+            model_dir=model_dir,
+            description=description,
+            config=config,
+            amp=True,
+            publish_path=publish_path,
+            stats_path=os.path.join(model_dir, f"{name}_train_stats.json"),
+            labels=labels,
+            tracking=None,
+        )
+
+    # -- data and initial weights -------------------------------------------------------------------
+    def _served_checkpoint(self, request) -> Checkpoint | None:
+        """The served model, when this training fine-tunes it (``init`` = ``current``)."""
+        if request.get("init", "current") != "current":
+            return None
+        for path in reversed(self.served_paths):
+            if os.path.exists(path):
+                try:
+                    return load_checkpoint(path, task=self.checkpoint_task)
+                except CheckpointError as e:
+                    logger.warning(f"not fine-tuning from {path}: {e}")
+        return None
+
+    def _channel_suffixes(self, request) -> list[str]:
+        """Extra sequences per case: the served model's when fine-tuning, else the request's."""
+        served = self._served_checkpoint(request)
+        if served is not None:
+            return list(served.meta["preprocessing"].get("channel_suffixes", []))
+        return list(request.get("channel_suffixes") or [])
+
+    def pre_process(self, request, datastore: Datastore):
+        tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
+        datalist = labelled_datalist(datastore, tag, self._channel_suffixes(request))
+        if not datalist:
+            raise ValueError(f"no image has a {tag!r} label (with all its sequences): nothing to train on")
+        return datalist
+
+    def partition_datalist(self, context: Context, shuffle: bool = True):
+        # shuffled with MONAI's fixed seed: validation mixes the kinds of cases, reproducibly
+        train, val = super().partition_datalist(context, shuffle)
+        if not train:  # a single labelled image: train on it, validate on it too
+            train = val
+        return train, val
+
+    def load_path(self, output_dir, pretrained=True):
+        return None  # initial weights come from the served checkpoint (see network())
+
+    def train_post_transforms(self, context: Context):
+        return []
+
+    def train_iteration_update(self, context: Context):
+        return None  # MONAI's supervised step: loss_function(network(image), label)
+
+    def val_iteration_update(self, context: Context):
+        return None
+
+    def val_inferer(self, context: Context):
+        return SimpleInferer()
+
+    def engine_amp(self, context: Context) -> bool:
+        """AMP inside MONAI's default iterations (custom iterations handle it themselves)."""
+        return self._amp and context.device.type == "cuda" and not self.custom_iterations
+
+    @abstractmethod
+    def _meta(self, context: Context) -> dict[str, Any]:
+        """Checkpoint metadata of the current network (spec, preprocessing, training summary)."""
+
+    # -- engines ------------------------------------------------------------------------------------
+    def _create_evaluator(self, context: Context):
+        if not context.val_datalist:
+            return None
+        return SupervisedEvaluator(
+            device=context.device,
+            val_data_loader=self.val_data_loader(context),
+            network=context.network,
+            iteration_update=self.val_iteration_update(context),
+            inferer=self.val_inferer(context),
+            key_val_metric=self.val_key_metric(context),
+            val_handlers=[StatsHandler(output_transform=lambda x: None, iteration_log=False)],
+            decollate=False,
+            amp=self.engine_amp(context),
+        )
+
+    def _create_trainer(self, context: Context):
+        handlers = [h for h in self.train_handlers(context) if not type(h).__name__.startswith("TensorBoard")]
+        if context.evaluator:
+            handlers = [h for h in handlers if not isinstance(h, ValidationHandler)]
+            handlers.append(ValidationHandler(1, validator=context.evaluator, epoch_level=True))
+        return SupervisedTrainer(
+            device=context.device,
+            max_epochs=context.max_epochs,
+            train_data_loader=self.train_data_loader(context),
+            network=context.network,
+            optimizer=context.optimizer,
+            loss_function=self.loss_function(context) or (lambda *_: None),
+            iteration_update=self.train_iteration_update(context),
+            key_train_metric={"train_loss": Average(output_transform=lambda out: float(out["loss"]))},
+            metric_cmp_fn=lambda current, best: current < best,  # a loss: lower is better
+            train_handlers=handlers,
+            decollate=False,
+            amp=self.engine_amp(context),
+        )
+
+    def finalize(self, context: Context):
+        publisher = PublishBestModel(
+            context,
+            task=self.checkpoint_task,
+            model_path=self._publish_path,
+            stats_path=self._stats_path,
+            make_meta=self._meta,
+            metric_name=self.metric_name,
+        )
+        publisher.attach(context.trainer, context.evaluator)
+        context.publisher = publisher
+        budget = float(context.request.get("max_train_minutes") or 0)
+        if budget > 0:  # a wall-clock budget (benchmarks): stop, then publish as after the last epoch
+            deadline = context.start_ts + 60.0 * budget
+
+            def stop_at_deadline(engine):
+                if time.time() > deadline:
+                    engine.terminate()
+
+            context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
+
+    def train(self, rank, world_size, request, datalist):
+        super().train(rank, world_size, request, datalist)
+        with open(self._stats_path) as f:
+            return json.load(f)

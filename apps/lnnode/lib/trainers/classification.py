@@ -1,0 +1,283 @@
+"""Train task of ``lymph_node_classification``: node crops from labelled images, benign vs metastatic.
+
+Training data: every node with a ``class`` in the labels of the tag (``final`` by default). Each
+image is read once and each node cropped once, a little larger than the network's crop, on the
+classifier's world-aligned grid; augmentation then takes random sub-crops (a few mm of centring
+error, as a detector makes), flips, in-plane 90-degree rotations and intensity jitter. Classes are
+balanced by sampling. Validation (images held out whole, so no case is on both sides): ROC AUC; the
+temperature that calibrates the best epoch is fitted on the same validation nodes and stored in the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from monai.handlers import LrScheduleHandler
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.tasks.train.basic_train import Context
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from ..metrics.classification import expected_calibration_error, fit_temperature, roc_auc
+from ..networks.classifier import ClassifierSpec, build_classifier_network
+from ..transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
+from ..transforms.crops import extract_crops
+from .base import LnnodeTrainTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NodeClassificationTrainer", "NodeCropDataset", "node_crops", "ClassificationAUC"]
+
+METRIC = "val_auc"
+CLASS_INDEX = {"benign": 0, "metastatic": 1}
+JITTER_MM = 4.0  # sub-crop offsets up to this much: the centring error of a detector's box
+
+
+def node_crops(
+    datalist: list[dict[str, Any]], spec: ClassifierSpec, intensity: dict[str, Any], margin_vox: int
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Crops (N, C, L, L, L) with L = crop + 2 * margin, labels (N,) and case ids of every classed node."""
+    load = LoadVolumed(keys="image")
+    normalise = NormalizeIntensityd(keys="image", spec=intensity)
+    shape = [s + 2 * margin_vox for s in spec.crop_shape]
+    crops, labels, cases = [], [], []
+    for item in datalist:
+        nodes = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in CLASS_INDEX]
+        if not nodes:
+            continue
+        d = normalise(load({"image": item["image"]}))
+        crops.append(
+            extract_crops(d["image"], d["image_geometry"], [n["center"] for n in nodes], shape, spec.crop_spacing)
+        )
+        labels += [CLASS_INDEX[n["class"]] for n in nodes]
+        cases += [item["id"]] * len(nodes)
+    if not crops:
+        return torch.zeros((0, spec.in_channels, *shape)), torch.zeros(0), []
+    return torch.from_numpy(np.concatenate(crops)), torch.tensor(labels, dtype=torch.float32), cases
+
+
+class NodeCropDataset(Dataset):
+    """Node crops with augmentation (random sub-crop, flips, axial 90-degree rotations, intensity)."""
+
+    def __init__(self, crops: torch.Tensor, labels: torch.Tensor, size: int, augment: bool):
+        self.crops, self.labels, self.size, self.augment = crops, labels, int(size), augment
+        self.margin = (crops.shape[-1] - self.size) // 2
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        crop = self.crops[index]
+        m, n = self.margin, self.size
+        if not self.augment:
+            return {"image": crop[:, m : m + n, m : m + n, m : m + n].clone(), "label": self.labels[index]}
+        o = torch.randint(0, 2 * m + 1, (3,)).tolist()
+        x = crop[:, o[0] : o[0] + n, o[1] : o[1] + n, o[2] : o[2] + n]
+        for dim in (1, 2, 3):
+            if torch.rand(()) < 0.5:
+                x = torch.flip(x, (dim,))
+        x = torch.rot90(x, int(torch.randint(0, 4, ())), dims=(1, 2))  # in the axial plane only
+        x = x * (1.0 + 0.1 * (2 * torch.rand(()) - 1)) + 0.05 * (2 * torch.rand(()) - 1)
+        if torch.rand(()) < 0.3:
+            x = x + 0.02 * torch.randn_like(x)
+        return {"image": x.contiguous(), "label": self.labels[index]}
+
+
+class ClassificationAUC(Metric):
+    """ROC AUC of the logits over the validation nodes; keeps the logits for temperature fitting."""
+
+    def __init__(self, output_transform: Callable = lambda out: (out["pred"], out["label"])):
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self.logits: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def update(self, output) -> None:
+        pred, label = output
+        self.logits.append(torch.as_tensor(pred).detach().float().cpu().reshape(-1).numpy())
+        self.labels.append(torch.as_tensor(label).detach().float().cpu().reshape(-1).numpy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.logits or [np.zeros(0)]), np.concatenate(self.labels or [np.zeros(0)])
+
+    def compute(self) -> float:
+        logits, labels = self.arrays()
+        if len(np.unique(labels)) < 2:
+            return float("nan")
+        return float(roc_auc(labels.astype(int), logits))
+
+
+class NodeClassificationTrainer(LnnodeTrainTask):
+    """Classifier training as a MONAI Label train task (request options in ``config``)."""
+
+    checkpoint_task = "classification"
+    metric_name = METRIC
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str,
+        publish_path: str,
+        served_paths: list[str],
+        spec: ClassifierSpec | None = None,
+        modality: str = "ct",
+        config: dict[str, Any] | None = None,
+    ):
+        self.spec = spec or ClassifierSpec()
+        self.modality = modality
+        defaults = {
+            "max_epochs": 40,
+            "val_split": 0.2,
+            "train_batch_size": 16,
+            "val_batch_size": 32,
+            "learning_rate": 1e-3,
+            "label_tag": DefaultLabelTag.FINAL.value,
+            "init": "current",  # "current": fine-tune the served model; "scratch": new weights
+            "dataset": "Dataset",
+            "dataloader": "DataLoader",
+            "multi_gpu": False,
+            "tracking": "None",
+        }
+        defaults.update(config or {})
+        super().__init__(
+            name,
+            model_dir=model_dir,
+            publish_path=publish_path,
+            served_paths=served_paths,
+            description="Train the lymph-node metastasis classifier from labelled nodes",
+            labels=list(CLASS_INDEX),
+            config=defaults,
+        )
+
+    # -- data ---------------------------------------------------------------------------------------
+    def partition_datalist(self, context: Context, shuffle: bool = True):
+        train, val = super().partition_datalist(context, shuffle)
+        classes = {n.get("class") for item in val for n in load_label(item["label"], item["id"])["nodes"]}
+        if val and not set(CLASS_INDEX) <= classes:
+            # an AUC needs both classes; rather no validation (the last epoch is published) than a meaningless one
+            logger.warning(f"validation images hold classes {sorted(c for c in classes if c)}: training on all")
+            train, val = list(context.datalist), []
+        return train, val
+
+    def _margin(self, context: Context) -> int:
+        return int(round(JITTER_MM / context.spec.crop_spacing))
+
+    def _crops(self, context: Context, datalist, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(context, "node_crops"):
+            context.node_crops = {}
+        if name not in context.node_crops:
+            crops, labels, _ = node_crops(
+                datalist, context.spec, context.preprocessing["intensity"], self._margin(context)
+            )
+            context.node_crops[name] = (crops, labels)
+            logger.info(f"{name}: {len(labels)} nodes, {int(labels.sum())} metastatic")
+        return context.node_crops[name]
+
+    def train_data_loader(self, context, num_workers=0, shuffle=True):
+        crops, labels = self._crops(context, context.train_datalist, "train")
+        if len(labels) == 0:
+            raise ValueError("no labelled node has a class (benign or metastatic): nothing to train the classifier on")
+        dataset = NodeCropDataset(crops, labels, context.spec.crop_shape[0], augment=True)
+        # balanced classes: each class is drawn equally often, whatever its share of the nodes
+        n_pos = float(labels.sum())
+        counts = {1.0: max(n_pos, 1.0), 0.0: max(len(labels) - n_pos, 1.0)}
+        weights = torch.tensor([1.0 / counts[float(y)] for y in labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
+        return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=0)
+
+    def val_data_loader(self, context, num_workers=0):
+        crops, labels = self._crops(context, context.val_datalist, "val")
+        dataset = NodeCropDataset(crops, labels, context.spec.crop_shape[0], augment=False)
+        return DataLoader(dataset, batch_size=context.val_batch_size, shuffle=False, num_workers=0)
+
+    def train_pre_transforms(self, context: Context):
+        return []  # crops are made once (node_crops) and augmented by NodeCropDataset
+
+    def val_pre_transforms(self, context: Context):
+        return []
+
+    # -- model --------------------------------------------------------------------------------------
+    def network(self, context: Context):
+        request = context.request
+        served = self._served_checkpoint(request)
+        if served is not None:
+            context.spec = ClassifierSpec.from_dict(served.meta["network"])
+            context.preprocessing = served.meta["preprocessing"]
+            context.init = "fine-tuned"
+            network = build_classifier_network(context.spec)
+            network.load_state_dict(served.state_dict)
+            return network
+        suffixes = self._channel_suffixes(request)
+        context.spec = ClassifierSpec.from_dict(
+            {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
+        )
+        context.preprocessing = {
+            "modality": self.modality,
+            "intensity": DEFAULT_INTENSITY[self.modality],
+            "channel_suffixes": suffixes,
+        }
+        context.init = "scratch" + (" (ImageNet backbone)" if context.spec.pretrained_path else "")
+        return build_classifier_network(context.spec, load_pretrained=True)
+
+    def optimizer(self, context: Context):
+        lr = float(context.request.get("learning_rate", 1e-3))
+        return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-4)
+
+    def lr_scheduler_handler(self, context: Context):
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(context.optimizer, T_max=max(context.max_epochs, 1))
+        return LrScheduleHandler(scheduler, print_lr=False)
+
+    def loss_function(self, context: Context):
+        return torch.nn.BCEWithLogitsLoss()
+
+    def train_key_metric(self, context: Context):
+        return None
+
+    def val_key_metric(self, context: Context):
+        context.val_metric = ClassificationAUC()
+        return {METRIC: context.val_metric}
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def _calibration(self, context: Context) -> dict[str, Any]:
+        """Temperature fitted on the validation logits of the network as it is now (the epoch being saved)."""
+        metric: ClassificationAUC | None = getattr(context, "val_metric", None)
+        logits, labels = metric.arrays() if metric is not None else (np.zeros(0), np.zeros(0))
+        if len(np.unique(labels)) < 2:
+            return {"temperature": 1.0, "fitted": False, "reason": "no validation nodes of both classes"}
+        t = float(fit_temperature(logits, labels.astype(int)))
+        before = expected_calibration_error(labels.astype(int), 1.0 / (1.0 + np.exp(-logits)))
+        after = expected_calibration_error(labels.astype(int), 1.0 / (1.0 + np.exp(-logits / t)))
+        return {
+            "temperature": t,
+            "fitted": True,
+            "n_val_nodes": int(len(labels)),
+            "ece_before": float(before),
+            "ece_after": float(after),
+        }
+
+    def _meta(self, context: Context) -> dict[str, Any]:
+        crops = getattr(context, "node_crops", {})
+        return {
+            "name": self.name,
+            "network": context.spec.to_dict(),
+            "preprocessing": context.preprocessing,
+            "classes": list(CLASS_INDEX),
+            "calibration": self._calibration(context),
+            "training": {
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "init": context.init,
+                "n_train": len(context.train_datalist),
+                "n_val": len(context.val_datalist),
+                "n_train_nodes": int(len(crops["train"][1])) if "train" in crops else None,
+                "n_val_nodes": int(len(crops["val"][1])) if "val" in crops else None,
+                "label_tag": context.request.get("label_tag"),
+                "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
+            },
+        }

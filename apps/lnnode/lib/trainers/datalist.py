@@ -1,0 +1,45 @@
+"""Training data from a datastore: every image with a label of a tag (and its other sequences)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["companion_ids", "labelled_datalist"]
+
+
+def companion_ids(image_id: str, suffixes: list[str]) -> list[str]:
+    """Image ids of the extra co-registered sequences of a case (``case_001`` + ``_dwi``...)."""
+    return [f"{image_id}{suffix}" for suffix in suffixes]
+
+
+def labelled_datalist(
+    datastore: Datastore, tag: str, channel_suffixes: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``{"image", "label", "id"}`` for every image that has a label with ``tag``.
+
+    With ``channel_suffixes`` the image is the list of the case's sequences (the labelled image
+    first, then ``<id><suffix>`` for each suffix); a case missing a sequence is left out.
+    """
+    items = []
+    suffixes = list(channel_suffixes or [])
+    for image_id in sorted(datastore.list_images()):
+        label = datastore.get_label_by_image_id(image_id, tag)
+        if not label:
+            continue
+        paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
+        if not all(paths):
+            logger.warning(f"{image_id}: left out, a sequence {suffixes} is missing")
+            continue
+        items.append(
+            {
+                "image": paths if suffixes else paths[0],
+                "label": datastore.get_label_uri(label, tag),
+                "id": image_id,
+            }
+        )
+    return items
