@@ -121,3 +121,15 @@ def test_pipeline_returns_the_result_contract_with_measurements_and_rules(start_
         assert len(json.loads(Path(markups_file).read_text())["markups"]) == len(result["nodes"])
     assert errors, "the pipeline found no phantom node"
     assert np.median(errors) <= 2.0, errors
+
+
+def test_demo_classifier_is_shipped_small_calibrated_and_reproducible():
+    from .conftest import APP_DIR
+
+    path = APP_DIR / "model" / "demo" / "lymph_node_classification.pt"
+    assert path.exists(), "regenerate with: lnnode demo-weights --model lymph_node_classification"
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    meta = load_checkpoint(path, task="classification").meta
+    assert meta["training"]["demo"]["command"].startswith("lnnode demo-weights --model lymph_node_classification")
+    assert "not clinical" in meta["training"]["demo"]["data"]
+    assert meta["calibration"]["fitted"] and meta["calibration"]["temperature"] > 0

@@ -195,7 +195,7 @@ def _add_demo_weights(sub) -> None:
     p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
     p.add_argument("--out", default=str(APP_DIR / "model" / "demo"), help="folder for the demo checkpoint")
     p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 80 classifier)")
-    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 40 classifier)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 30 classifier)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(run=_run_demo_weights)
 

@@ -41,7 +41,7 @@ DEMO_REAL_SHARE = 0.25
 # the classifier sees node crops only: more cases (more nodes), smaller volumes
 DEMO_CLASSIFIER_SYNTH: dict[str, Any] = {**DEMO_SYNTH, "seed": 17, "shape": (160, 160, 48)}
 DEMO_CLASSIFIER_REAL: dict[str, Any] = {**DEMO_REAL, "seed": 18}
-DEMO_DEFAULTS = {DETECTION: {"cases": 32, "epochs": 60}, CLASSIFICATION: {"cases": 80, "epochs": 40}}
+DEMO_DEFAULTS = {DETECTION: {"cases": 32, "epochs": 60}, CLASSIFICATION: {"cases": 80, "epochs": 30}}
 
 
 def train_model(
