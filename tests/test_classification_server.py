@@ -133,3 +133,21 @@ def test_demo_classifier_is_shipped_small_calibrated_and_reproducible():
     assert meta["training"]["demo"]["command"].startswith("lnnode demo-weights --model lymph_node_classification")
     assert "not clinical" in meta["training"]["demo"]["data"]
     assert meta["calibration"]["fitted"] and meta["calibration"]["temperature"] > 0
+
+
+def test_evaluate_classification_writes_the_report_and_plots(studies, tmp_path):
+    from lnnode.lib.cli import main
+
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", "--task", "classification", "--studies", str(studies), "--out", str(out), "--bootstrap", "50"]
+    )
+    assert code == 0
+    report = json.loads((out / "classification.json").read_text())
+    assert set(report["nodes"]["scorers"]) == {"classifier", "size_10mm", "morphology"}
+    for scorer in report["nodes"]["scorers"].values():
+        lo, hi = scorer["auc_ci95"]
+        assert 0.0 <= lo <= scorer["auc"] <= hi <= 1.0
+    assert report["short_axis_error_mm"]["n"] >= 1
+    assert report["n_stage"]["n_cases"] == report["n_cases"] == 4
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "reliability.png").stat().st_size > 1000
