@@ -38,7 +38,8 @@ ROUND_RATIO = 0.8
 IRREGULAR_SOLIDITY = 0.9
 HETEROGENEOUS = 0.06
 SEARCH_MARGIN_MM = 6.0  # block around the box: room for a box that is off or too small
-KEEP_RADIUS = 1.25  # box-normalised radius a node may reach (a box's corners are at sqrt(3) = 1.73)
+KEEP_RADIUS = 1.25
+KEEP_BOX = 1.15  # ... and within the box grown by 15 % and a voxel  # box-normalised radius a node may reach (a box's corners are at sqrt(3) = 1.73)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def delineate_node(
     # (box-normalised), plus a voxel; tissue of the same density touching it (muscle, bowel) does not
     idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in block.shape], indexing="ij"), -1)
     rel = (g.index_to_world(idx.reshape(-1, 3)) - np.asarray(center, dtype=float)) / (size / 2 + max(geometry.spacing))
-    keep = (np.sum(rel**2, axis=1) <= KEEP_RADIUS**2).reshape(block.shape)
+    keep = (np.sum(rel**2, axis=1) <= KEEP_RADIUS**2).reshape(block.shape) & region(KEEP_BOX, max(geometry.spacing))
     raw = (occ >= 0.5) & keep
     node = None
     # an opening cuts thin bridges to a touching vessel; a conditional dilation then gives back the

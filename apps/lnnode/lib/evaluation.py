@@ -195,7 +195,9 @@ def evaluate_classification(
             for rule, value in node_rules(m).items():
                 rules[rule].append(value)
             if m is not None and len(truth) == len(gt):
-                source = truth[i].get("features", {}).get("shape_source", "unknown")
+                # real ULS23 outlines carry their mask's file name as the source
+                source = truth[i].get("features", {}).get("shape_source") or "unknown"
+                source = source if source in ("synthetic", "unknown") else "real"
                 errors.append((abs(m.short_axis_mm - truth[i]["short_axis_mm"]), source))
         if pipeline is not None:
             true_stage = _true_stage(gt)
