@@ -38,8 +38,8 @@ ROUND_RATIO = 0.8
 IRREGULAR_SOLIDITY = 0.9
 HETEROGENEOUS = 0.06
 SEARCH_MARGIN_MM = 6.0  # block around the box: room for a box that is off or too small
-KEEP_RADIUS = 1.25
-KEEP_BOX = 1.15  # ... and within the box grown by 15 % and a voxel  # box-normalised radius a node may reach (a box's corners are at sqrt(3) = 1.73)
+KEEP_RADIUS = 1.25  # box-normalised radius a node may reach (a box's corners are at sqrt(3) = 1.73)
+KEEP_BOX = 1.15  # ... and within the box grown by 15 % and a voxel
 
 
 @dataclass
