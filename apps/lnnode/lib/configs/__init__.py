@@ -5,8 +5,9 @@ from __future__ import annotations
 from monailabel.interfaces.config import TaskConfig
 
 from ..names import CLASSIFICATION, DETECTION, PIPELINE
+from .base import infer_config
 from .classification import NodeClassificationConfig
-from .detection import NodeDetectionConfig, infer_config
+from .detection import NodeDetectionConfig
 
 # --conf options of the pipeline (documented in the README): conf key -> request param
 PIPELINE_OPTIONS = {

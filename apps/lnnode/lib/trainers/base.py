@@ -29,7 +29,17 @@ from .handlers import PublishBestModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LnnodeTrainTask"]
+__all__ = ["LnnodeTrainTask", "TRAIN_DEFAULTS"]
+
+# request defaults of every lnnode train task (each adds its own: epochs, batch sizes, data loading)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "val_split": 0.2,
+    "learning_rate": 1e-3,
+    "label_tag": DefaultLabelTag.FINAL.value,
+    "init": "current",  # "current": fine-tune the served model; "scratch": new weights
+    "multi_gpu": False,
+    "tracking": "None",
+}
 
 
 class LnnodeTrainTask(BasicTrainTask):
@@ -54,7 +64,7 @@ class LnnodeTrainTask(BasicTrainTask):
         super().__init__(
             model_dir=model_dir,
             description=description,
-            config=config,
+            config={**TRAIN_DEFAULTS, **config},
             amp=True,
             publish_path=publish_path,
             stats_path=os.path.join(model_dir, f"{name}_train_stats.json"),

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 from monai.handlers import LrScheduleHandler
-from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.train.basic_train import Context
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
@@ -134,16 +133,10 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         self.modality = modality
         defaults = {
             "max_epochs": 40,
-            "val_split": 0.2,
             "train_batch_size": 16,
             "val_batch_size": 32,
-            "learning_rate": 1e-3,
-            "label_tag": DefaultLabelTag.FINAL.value,
-            "init": "current",  # "current": fine-tune the served model; "scratch": new weights
             "dataset": "Dataset",
             "dataloader": "DataLoader",
-            "multi_gpu": False,
-            "tracking": "None",
         }
         defaults.update(config or {})
         super().__init__(

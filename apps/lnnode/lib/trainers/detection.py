@@ -31,7 +31,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.train.basic_train import Context
 
 from ..networks.anchors import anchor_coverage, design_anchor_shapes
@@ -79,17 +78,11 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         self.modality = modality
         defaults = {
             "max_epochs": 50,
-            "val_split": 0.2,
             "train_batch_size": 1,
             "val_batch_size": 1,
             "patches_per_image": 4,
-            "learning_rate": 1e-3,
-            "label_tag": DefaultLabelTag.FINAL.value,
-            "init": "current",  # "current": fine-tune the served model; "scratch": new weights
             "dataset": "CacheDataset",
             "dataloader": "ThreadDataLoader",
-            "multi_gpu": False,
-            "tracking": "None",
         }
         defaults.update(config or {})
         super().__init__(
