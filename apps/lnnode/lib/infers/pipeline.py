@@ -29,7 +29,7 @@ from ..imageio import ImageError
 from ..rules import n_stage_hint, node_rules
 from ..transforms import LoadVolumed
 from .classification import NodeClassification
-from .detection import NodeDetection
+from .detection import NodeDetection, model_version
 from .writer import ResultWriter, make_result
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,15 @@ class NodePipeline(BasicInferTask):
         return info
 
     def _classify(self, request: dict, nodes: list[dict], warnings: list[str]) -> tuple[list[dict], str | None]:
-        if self.classification is None or not nodes:
+        if self.classification is None:
             return nodes, None
         try:
             checkpoint = self.classification.checkpoint()
         except ModelNotReady as e:
             warnings.append(f"no metastasis probabilities: {e.detail}")
             return nodes, None
+        if not nodes:  # nothing to classify; the result still names the classifier in service
+            return nodes, model_version(checkpoint, self.classification.name)
         if list(checkpoint.meta["preprocessing"].get("channel_suffixes", [])) != self.channel_suffixes():
             raise Unprocessable(
                 f"the classifier reads sequences {self.classification.channel_suffixes()} but the detector "
