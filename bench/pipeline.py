@@ -1,6 +1,6 @@
 """Pipeline benchmark: metastasis classifier vs the rule baselines, measurement error, and CPU cost.
 
-    python bench/pipeline.py --out bench/out/pipeline            # about 10 min on 2 cores
+    python bench/pipeline.py --out bench/out/pipeline            # about 6 min on 2 cores
     python bench/pipeline.py --out bench/out/pipeline --skip latency
 
 What it measures, and on what data (nothing here is clinical performance):
@@ -53,7 +53,8 @@ def held_out_sets(out: Path, quick: bool) -> dict[str, Path]:
             shape=(160, 160, 48), spacing=(1.0, 1.0, 2.0), direction="oblique",
         )  # fmt: skip
     if not (sets["real_background"] / "synth_manifest.json").exists():
-        synthesize(sets["real_background"], 3 if quick else 8, modality="ct", seed=HELD_OUT_SEED + 1, background="real")
+        n_real = 3 if quick else 24
+        synthesize(sets["real_background"], n_real, modality="ct", seed=HELD_OUT_SEED + 1, background="real")
     return sets
 
 
