@@ -61,7 +61,7 @@ def free_port() -> int:
 class Server:
     """A real ``monailabel start_server`` process on 127.0.0.1 serving apps/lnnode."""
 
-    def __init__(self, studies: Path, conf: dict[str, str], log: Path):
+    def __init__(self, studies: Path, conf: dict[str, str], log: Path, env_overrides: dict[str, str] | None = None):
         self.studies = studies
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -71,6 +71,10 @@ class Server:
             cmd += ["--conf", key, value]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
+        # MONAI Label re-scores every image after each training and served case; tests that want the
+        # scores ask for them (a background scoring process would compete for the 2 cores)
+        env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+        env.update(env_overrides or {})
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -115,9 +119,9 @@ def start_server(tmp_path):
     """Factory: ``start_server(studies, **conf)`` starts a server and stops it after the test."""
     servers = []
 
-    def start(studies: Path, **conf: str) -> Server:
+    def start(studies: Path, env: dict[str, str] | None = None, **conf: str) -> Server:
         conf.setdefault("model_dir", str(tmp_path / "models"))
-        server = Server(Path(studies), conf, tmp_path / f"server{len(servers)}.log")
+        server = Server(Path(studies), conf, tmp_path / f"server{len(servers)}.log", env)
         servers.append(server)
         server.wait_ready()
         return server

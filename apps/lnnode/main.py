@@ -7,6 +7,7 @@ Label's sample apps; this file only wires them and turns bad requests into 4xx a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -14,7 +15,7 @@ from typing import Any
 
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,10 +23,13 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from lib.activelearning import Uncertain
 from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, infer_config, task_configs
 from lib.datastore import LnnodeDatastore
 from lib.errors import NotFound, RequestError
 from lib.infers.pipeline import NodePipeline
+from lib.review import summarise_reviews
+from lib.scoring import NodeUncertaintyScoring
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,17 @@ class LymphNodeApp(MONAILabelApp):
             config.init(name, self.model_dir, conf, None, demo_dir=demo_dir)
             self.models[name] = config
         logger.info(f"+++ lnnode models: {list(self.models)}")
+        # --conf auto_train_every K: after every K new final labels, queue a training of the models in
+        # --conf auto_train_models (default: all) with the request options in --conf auto_train_params
+        try:
+            self.auto_train_every = int(conf.get("auto_train_every") or 0)
+            self.auto_train_params = json.loads(conf.get("auto_train_params") or "{}")
+        except ValueError as e:
+            raise ValueError(f"--conf auto_train_every / auto_train_params: {e}") from None
+        if not isinstance(self.auto_train_params, dict):
+            raise ValueError("--conf auto_train_params must be a JSON object, e.g. '{\"max_epochs\": 5}'")
+        self.auto_train_models = [m.strip() for m in (conf.get("auto_train_models") or "").split(",") if m.strip()]
+        self._labels_since_training = 0
 
         super().__init__(
             app_dir=app_dir,
@@ -98,6 +113,8 @@ class LymphNodeApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Strategy]:
         strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        if PIPELINE in self._infers:
+            strategies["uncertain"] = Uncertain(self._infers[PIPELINE].channel_suffixes)
         for config in self.models.values():
             s = config.strategy()
             if s:
@@ -106,6 +123,8 @@ class LymphNodeApp(MONAILabelApp):
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         methods: dict[str, ScoringMethod] = {}
+        if PIPELINE in self._infers:
+            methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(self._infers[PIPELINE])
         for config in self.models.values():
             m = config.scoring_method()
             if m:
@@ -143,7 +162,54 @@ class LymphNodeApp(MONAILabelApp):
         # MONAI Label would store the returned markups file as the "original" label; lnnode keeps
         # its results itself (the markups file is not a label)
         request["save_label"] = False
-        return super().infer(request, datastore)
+        answer = super().infer(request, datastore)
+        if request["model"] in (PIPELINE, DETECTION) and not os.path.isabs(image):
+            self._keep_original(image, answer.get("params"), datastore or self.datastore())
+        return answer
+
+    def _keep_original(self, image_id: str, result: Any, datastore: Datastore) -> None:
+        """Store the model's result as the case's ``original`` label: a review is compared with it."""
+        if not isinstance(result, dict) or result.get("schema") is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="lnnode-original-") as tmp:
+            path = os.path.join(tmp, f"{image_id}.json")
+            try:
+                with open(path, "w") as f:
+                    json.dump(result, f)
+                datastore.save_label(image_id, path, DefaultLabelTag.ORIGINAL.value, {"model": result.get("model")})
+            except Exception as e:  # the reader still gets the result; only the comparison is lost
+                logger.warning(f"{image_id}: model result not kept as 'original': {e}")
+
+    def on_save_label(self, image_id, label_id):
+        """A reviewed label was stored: answer with what the reader changed; maybe start training."""
+        answer: dict[str, Any] = {}
+        datastore = self.datastore()
+        reviewed = datastore.pop_review(image_id) if isinstance(datastore, LnnodeDatastore) else None
+        if reviewed is not None:
+            tag, review = reviewed
+            if review is not None:
+                answer["review"] = review
+            if tag != DefaultLabelTag.FINAL.value:
+                return answer
+            self._labels_since_training += 1
+            if self.auto_train_every and self._labels_since_training >= self.auto_train_every:
+                self._labels_since_training = 0
+                models = [m for m in (self.auto_train_models or list(self._trainers)) if m in self._trainers]
+                params = {m: dict(self.auto_train_params) for m in models}
+                answer["training"] = self.async_training(models, params=params, enqueue=True)
+        return answer
+
+    def info(self):
+        meta = super().info()
+        if isinstance(self._datastore, LnnodeDatastore):
+            meta["review"] = summarise_reviews(self._datastore.reviews())
+        meta["auto_train"] = {
+            "every": self.auto_train_every,
+            "models": self.auto_train_models or list(self._trainers),
+            "params": self.auto_train_params,
+            "labels_since_training": self._labels_since_training,
+        }
+        return meta
 
     def bundle_path(self, model):
         # MONAI Label asks for this before it starts a background task (POST /train/<model>, batch infer):

@@ -96,13 +96,20 @@ def _add_train(sub) -> None:
         '\'{"architecture": "2.5d", "pretrained_path": "resnet18.pth"}\'',
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (reproducible runs)")
+    p.add_argument(
+        "--publish",
+        choices=["if_not_worse", "always"],
+        default="if_not_worse",
+        help="publish only if the new model's validation metric is not below the served model's on the same "
+        "validation images (default), or always",
+    )
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
     from .training import train_model
 
-    extra = {"patches_per_image": args.patches}
+    extra = {"patches_per_image": args.patches, "publish": args.publish}
     if args.batch_size:
         extra["train_batch_size"] = args.batch_size
     stats = train_model(
@@ -120,8 +127,9 @@ def _run_train(args) -> int:
         seed=args.seed,
         extra=extra,
     )
-    print(json.dumps({k: stats[k] for k in ("status", "reason", "best_metric", "best_metric_epoch")}, indent=2))
-    return 0 if stats.get("status") == "published" else 1
+    keys = ("status", "reason", "best_metric", "best_metric_epoch", "compared_with_served")
+    print(json.dumps({k: stats.get(k) for k in keys}, indent=2))
+    return 0 if stats.get("status") in ("published", "kept_previous") else 1
 
 
 def _add_evaluate(sub) -> None:

@@ -10,28 +10,36 @@ What it adds to the stock datastore:
   JSON must pass the contract (the ``original`` tag holds model results, every other tag reviews),
   and its boxes must lie in the image; the client gets a 4xx naming the problem;
 * files are written to a temp file and renamed, and a replaced label is kept under
-  ``labels/<tag>/.history/`` instead of being overwritten;
+  ``labels/<tag>/.history/`` instead of being overwritten (its label info lists the versions);
+* the datastore file (``datastore_v2.json``) is written atomically, and every change re-reads it
+  under the lock first: the server and its scoring/training processes each hold a copy in memory,
+  and a write from a stale copy would drop the others' changes (a label's info, an image's scores);
+* a reviewed label (any tag but ``original``) is compared with the model's ``original`` result of
+  the case, and what the reader changed is kept in its info (``review``, see :mod:`.review`);
 * unknown ids answer 404 instead of 500.
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from .atomic import atomic_copy
+from .atomic import atomic_copy, atomic_write_text
 from .contracts import ContractError, check_label_in_image, parse_label, parse_result
 from .errors import NotFound, RequestError, Unprocessable
 from .geometry import ImageGeometry
 from .imageio import ImageError, image_suffix, read_sitk
+from .review import review_stats
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +62,43 @@ class LnnodeDatastore(LocalDatastore):
     """LocalDatastore with label JSON support, name checks, upload validation and atomic writes."""
 
     def __init__(self, datastore_path: str, auto_reload: bool = False, read_only: bool = False):
+        self._reviewed: dict[str, tuple[str, dict[str, Any] | None]] = {}  # image id -> (tag, review) just saved
         super().__init__(datastore_path, extensions=LABEL_PATTERNS, auto_reload=auto_reload, read_only=read_only)
+
+    def pop_review(self, image_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """(tag, review stats or None) of the label just saved for ``image_id`` (once), for the app's save hook."""
+        return self._reviewed.pop(image_id, None)
 
     # -- listing ------------------------------------------------------------------------------------
     def _list_files(self, path, patterns):
         files = super()._list_files(path, patterns)
         is_image_dir = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
         return {k: v for k, v in files.items() if not k.startswith(".") and not (is_image_dir and k.endswith(".json"))}
+
+    # -- the datastore file: read-modify-write under the lock, atomic writes -------------------------
+    def _reload_if_changed(self) -> None:
+        """Re-read the datastore file when another process wrote it (call with the lock held)."""
+        path = self._datastore_config_path
+        if not os.path.exists(path) or os.stat(path).st_mtime == self._config_ts:
+            return
+        with open(path) as f:
+            fresh = LocalDatastoreModel.model_validate_json(f.read())
+        fresh.base_path = self._datastore_path
+        self._datastore = fresh
+        self._config_ts = os.stat(path).st_mtime
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write() -> None:
+            self._ignore_event_config = True
+            doc = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write_text(self._datastore_config_path, doc)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _object(self, image_id: str) -> ImageLabelModel:
@@ -100,6 +138,7 @@ class LnnodeDatastore(LocalDatastore):
         name = self._filename(image_id, suffix)
         dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
         with FileLock(self._lock_file):
+            self._reload_if_changed()
             atomic_copy(image_filename, dest)
             info = dict(image_info or {})
             info.update(ts=int(time.time()), name=name)
@@ -121,7 +160,10 @@ class LnnodeDatastore(LocalDatastore):
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         self._object(image_id)
-        super().update_image_info(image_id, info)
+        with FileLock(self._lock_file):
+            self._reload_if_changed()
+            self._object(image_id).image.info.update(info)
+            self._update_datastore_file(lock=False)
 
     # -- labels -------------------------------------------------------------------------------------
     def _validate_label_file(self, image_id: str, label_filename: str, tag: str, suffix: str) -> None:
@@ -159,19 +201,25 @@ class LnnodeDatastore(LocalDatastore):
                 f"contract) or an image mask ({', '.join(p[1:] for p in IMAGE_PATTERNS)})"
             )
         self._validate_label_file(image_id, label_filename, tag, suffix)
+        info = dict(label_info or {})
+        if suffix == ".json" and tag != DefaultLabelTag.ORIGINAL.value:
+            with open(label_filename, "rb") as f:
+                info["review"] = review_stats(parse_label(f.read()), self.original_result(image_id))
 
         label_dir = self._datastore.label_path(tag)
         name = self._filename(image_id, suffix)
         with FileLock(self._lock_file):
+            self._reload_if_changed()
+            obj = self._object(image_id)
             os.makedirs(label_dir, exist_ok=True)
             previous = obj.labels.get(tag)
             if previous:
                 self._archive(label_dir, self._filename(image_id, previous.ext), previous.info.get("ts"))
             atomic_copy(label_filename, os.path.join(label_dir, name))
-            info = dict(label_info or {})
             info.update(ts=int(time.time()), name=name)
             obj.labels[tag] = DataModel(info=info, ext=suffix)
             self._update_datastore_file(lock=False)
+        self._reviewed[image_id] = (tag, info.get("review"))
         return image_id
 
     @staticmethod
@@ -205,8 +253,71 @@ class LnnodeDatastore(LocalDatastore):
         obj = self._object(label_id)
         if check_name(label_tag, "label tag") not in obj.labels:
             raise NotFound(f"image {label_id!r} has no label with tag {label_tag!r}")
-        return super().get_label_info(label_id, label_tag)
+        return {**super().get_label_info(label_id, label_tag), "history": self.label_history(label_id, label_tag)}
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         self.get_label_info(label_id, label_tag)
-        super().update_label_info(label_id, label_tag, info)
+        with FileLock(self._lock_file):
+            self._reload_if_changed()
+            self._object(label_id).labels[label_tag].info.update(info)
+            self._update_datastore_file(lock=False)
+
+    def reload(self) -> None:
+        """Pick up what other processes wrote (scores, labels) without rescanning the folders."""
+        with FileLock(self._lock_file):
+            self._reload_if_changed()
+
+    def claim_image(self, choose: Callable[[dict[str, dict[str, Any]]], str | None], served_key: str) -> str | None:
+        """Pick an image and stamp it as served in one step under the lock, so that two readers asking at
+        once are not served the same case. ``choose`` gets ``{image id: image info}`` of the images without
+        a ``final`` label (current copy) and returns one id or None."""
+        with FileLock(self._lock_file):
+            self._reload_if_changed()
+            final = DefaultLabelTag.FINAL.value
+            infos = {i: o.image.info for i, o in self._datastore.objects.items() if final not in o.labels}
+            chosen = choose(infos)
+            if chosen is not None:
+                self._datastore.objects[chosen].image.info[served_key] = time.time()
+                self._update_datastore_file(lock=False)
+        return chosen
+
+    # -- versions and reviews -----------------------------------------------------------------------
+    def label_history(self, image_id: str, label_tag: str) -> list[dict[str, str]]:
+        """Earlier versions of a label, oldest first: ``{"file", "replaced"}`` (file relative to the studies)."""
+        obj = self._object(image_id)
+        history = os.path.join(self._datastore.label_path(check_name(label_tag, "label tag")), HISTORY_DIR)
+        if not os.path.isdir(history):
+            return []
+        stems = {self._filename(image_id, m.ext) for m in obj.labels.values()} | {f"{image_id}.json"}
+        versions = []
+        for name in sorted(os.listdir(history)):
+            stamp, _, rest = name.partition(".")
+            _, _, original_name = rest.partition(".")  # <stamp>.<ns>.<name>
+            if original_name in stems:
+                rel = os.path.relpath(os.path.join(history, name), self._datastore_path)
+                versions.append({"file": rel, "replaced": stamp})
+        return versions
+
+    def original_result(self, image_id: str) -> dict[str, Any] | None:
+        """The model's stored result for an image (label tag ``original``), or None."""
+        obj = self._object(image_id)
+        model = obj.labels.get(DefaultLabelTag.ORIGINAL.value)
+        if not model or model.ext != ".json":
+            return None
+        tag = DefaultLabelTag.ORIGINAL.value
+        path = os.path.join(self._datastore.label_path(tag), self._filename(image_id, ".json"))
+        try:
+            with open(path, "rb") as f:
+                return parse_result(f.read())
+        except (OSError, ContractError) as e:
+            logger.warning(f"{image_id}: stored model result unreadable ({e}); review not compared")
+            return None
+
+    def reviews(self, label_tag: str = DefaultLabelTag.FINAL.value) -> list[dict[str, Any]]:
+        """Per reviewed case: ``{"image", "ts", "stats"}`` from the labels' info."""
+        out = []
+        for image_id, obj in sorted(self._datastore.objects.items()):
+            label = obj.labels.get(label_tag)
+            if label and isinstance(label.info.get("review"), dict):
+                out.append({"image": image_id, "ts": label.info.get("ts"), "stats": label.info["review"]})
+        return out

@@ -15,6 +15,7 @@ import time
 from abc import abstractmethod
 from typing import Any
 
+import numpy as np
 from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -37,6 +38,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "label_tag": DefaultLabelTag.FINAL.value,
     "init": "current",  # "current": fine-tune the served model; "scratch": new weights
+    "changed_weight": 2.0,  # a node the reader added, moved or relabelled counts this many times
+    "publish": "if_not_worse",  # or "always": publish even below the served model's validation metric
     "multi_gpu": False,
     "tracking": "None",
 }
@@ -129,6 +132,35 @@ class LnnodeTrainTask(BasicTrainTask):
     def _meta(self, context: Context) -> dict[str, Any]:
         """Checkpoint metadata of the current network (spec, preprocessing, training summary)."""
 
+    def _served_metric(self, context: Context) -> tuple[float | None, str]:
+        """The validation metric of the model in service on this run's validation images, and a note."""
+        if context.evaluator is None or not context.val_datalist:
+            return None, "no validation images: not compared"
+        path = next((p for p in reversed(self.served_paths) if os.path.exists(p)), None)
+        if path is None:
+            return None, "no model in service: not compared"
+        try:
+            served = load_checkpoint(path, task=self.checkpoint_task)
+        except CheckpointError as e:
+            return None, f"the served model is unusable ({e}): not compared"
+        if served.meta.get("preprocessing") != context.preprocessing:
+            return None, "the served model preprocesses differently: not compared"
+        network = context.network.module if hasattr(context.network, "module") else context.network
+        trained = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        try:
+            network.load_state_dict(served.state_dict)
+        except (RuntimeError, KeyError) as e:
+            network.load_state_dict(trained)
+            return None, f"the served model has another architecture ({str(e).splitlines()[0]}): not compared"
+        try:
+            context.evaluator.run()
+            value = float(context.evaluator.state.metrics.get(self.metric_name, np.nan))
+        finally:
+            network.load_state_dict(trained)
+        if not np.isfinite(value):
+            return None, "the served model's metric is undefined on these images: not compared"
+        return value, f"served model {os.path.basename(path)} on the same {len(context.val_datalist)} validation images"
+
     # -- engines ------------------------------------------------------------------------------------
     def _create_evaluator(self, context: Context):
         if not context.val_datalist:
@@ -173,6 +205,8 @@ class LnnodeTrainTask(BasicTrainTask):
             stats_path=self._stats_path,
             make_meta=self._meta,
             metric_name=self.metric_name,
+            served_metric=lambda: self._served_metric(context),
+            gate=str(context.request.get("publish", "if_not_worse")) != "always",
         )
         publisher.attach(context.trainer, context.evaluator)
         context.publisher = publisher

@@ -28,6 +28,7 @@ from ..networks.classifier import ClassifierSpec, build_classifier_network
 from ..transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
 from ..transforms.crops import extract_crops
 from .base import LnnodeTrainTask
+from .datalist import corrections_in
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,20 @@ CLASS_INDEX = {"benign": 0, "metastatic": 1}
 JITTER_MM = 4.0  # sub-crop offsets up to this much: the centring error of a detector's box
 
 
+def changed_by_reader(node: dict[str, Any]) -> bool:
+    """A node the reader added, moved or relabelled (the label contract's ``origin`` / ``edited``)."""
+    return node.get("origin") == "added" or bool(node.get("edited"))
+
+
 def node_crops(
     datalist: list[dict[str, Any]], spec: ClassifierSpec, intensity: dict[str, Any], margin_vox: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Crops (N, C, L, L, L) with L = crop + 2 * margin, labels (N,) and case ids of every classed node."""
+) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """Crops (N, C, L, L, L) with L = crop + 2 * margin, labels (N,), case ids and reader-changed flags
+    (N,) of every classed node. Rejected boxes are not nodes: the classifier never sees them."""
     load = LoadVolumed(keys="image")
     normalise = NormalizeIntensityd(keys="image", spec=intensity)
     shape = [s + 2 * margin_vox for s in spec.crop_shape]
-    crops, labels, cases = [], [], []
+    crops, labels, cases, changed = [], [], [], []
     for item in datalist:
         nodes = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in CLASS_INDEX]
         if not nodes:
@@ -56,9 +63,11 @@ def node_crops(
         )
         labels += [CLASS_INDEX[n["class"]] for n in nodes]
         cases += [item["id"]] * len(nodes)
+        changed += [changed_by_reader(n) for n in nodes]
     if not crops:
-        return torch.zeros((0, spec.in_channels, *shape)), torch.zeros(0), []
-    return torch.from_numpy(np.concatenate(crops)), torch.tensor(labels, dtype=torch.float32), cases
+        return torch.zeros((0, spec.in_channels, *shape)), torch.zeros(0), [], torch.zeros(0, dtype=torch.bool)
+    labels_t = torch.tensor(labels, dtype=torch.float32)
+    return torch.from_numpy(np.concatenate(crops)), labels_t, cases, torch.tensor(changed, dtype=torch.bool)
 
 
 class NodeCropDataset(Dataset):
@@ -162,31 +171,33 @@ class NodeClassificationTrainer(LnnodeTrainTask):
     def _margin(self, context: Context) -> int:
         return int(round(JITTER_MM / context.spec.crop_spacing))
 
-    def _crops(self, context: Context, datalist, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crops(self, context: Context, datalist, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not hasattr(context, "node_crops"):
             context.node_crops = {}
         if name not in context.node_crops:
-            crops, labels, _ = node_crops(
+            crops, labels, _, changed = node_crops(
                 datalist, context.spec, context.preprocessing["intensity"], self._margin(context)
             )
-            context.node_crops[name] = (crops, labels)
-            logger.info(f"{name}: {len(labels)} nodes, {int(labels.sum())} metastatic")
+            context.node_crops[name] = (crops, labels, changed)
+            logger.info(f"{name}: {len(labels)} nodes, {int(labels.sum())} metastatic, {int(changed.sum())} changed")
         return context.node_crops[name]
 
     def train_data_loader(self, context, num_workers=0, shuffle=True):
-        crops, labels = self._crops(context, context.train_datalist, "train")
+        crops, labels, changed = self._crops(context, context.train_datalist, "train")
         if len(labels) == 0:
             raise ValueError("no labelled node has a class (benign or metastatic): nothing to train the classifier on")
         dataset = NodeCropDataset(crops, labels, context.spec.crop_shape[0], augment=True)
-        # balanced classes: each class is drawn equally often, whatever its share of the nodes
-        n_pos = float(labels.sum())
-        counts = {1.0: max(n_pos, 1.0), 0.0: max(len(labels) - n_pos, 1.0)}
-        weights = torch.tensor([1.0 / counts[float(y)] for y in labels], dtype=torch.double)
+        # balanced classes: each class is drawn equally often, whatever its share of the nodes; within a
+        # class, a node the reader added, moved or relabelled is drawn changed_weight times as often
+        boost = torch.where(changed, float(context.request.get("changed_weight", 2.0)), 1.0).double()
+        n_pos = float((labels * boost).sum())
+        counts = {1.0: max(n_pos, 1e-6), 0.0: max(float(((1 - labels) * boost).sum()), 1e-6)}
+        weights = torch.tensor([1.0 / counts[float(y)] for y in labels], dtype=torch.double) * boost
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
         return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=0)
 
     def val_data_loader(self, context, num_workers=0):
-        crops, labels = self._crops(context, context.val_datalist, "val")
+        crops, labels, _ = self._crops(context, context.val_datalist, "val")
         dataset = NodeCropDataset(crops, labels, context.spec.crop_shape[0], augment=False)
         return DataLoader(dataset, batch_size=context.val_batch_size, shuffle=False, num_workers=0)
 
@@ -271,6 +282,7 @@ class NodeClassificationTrainer(LnnodeTrainTask):
                 "n_train_nodes": int(len(crops["train"][1])) if "train" in crops else None,
                 "n_val_nodes": int(len(crops["val"][1])) if "val" in crops else None,
                 "label_tag": context.request.get("label_tag"),
+                "corrections": corrections_in(context.train_datalist),
                 "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
             },
         }

@@ -9,7 +9,7 @@ from monailabel.interfaces.datastore import Datastore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["companion_ids", "labelled_datalist"]
+__all__ = ["companion_ids", "corrections_in", "labelled_datalist"]
 
 
 def companion_ids(image_id: str, suffixes: list[str]) -> list[str]:
@@ -43,3 +43,16 @@ def labelled_datalist(
             }
         )
     return items
+
+
+def corrections_in(datalist: list[dict[str, Any]]) -> dict[str, int]:
+    """How much reader correction a training set holds: rejected boxes, nodes added/moved/relabelled."""
+    from ..transforms import load_label
+
+    rejected = changed = cases = 0
+    for item in datalist:
+        label = load_label(item["label"], item["id"])
+        r = len(label.get("rejected", []))
+        c = sum(n.get("origin") == "added" or bool(n.get("edited")) for n in label["nodes"])
+        rejected, changed, cases = rejected + r, changed + c, cases + bool(r or c)
+    return {"rejected": rejected, "changed": changed, "corrected_cases": cases}

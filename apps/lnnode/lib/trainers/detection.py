@@ -1,7 +1,10 @@
 """Train task of ``lymph_node_detection``: RetinaNet on node-centred and random patches.
 
 Training data: every image with a label (tag ``final`` by default) — a label JSON or an instance
-mask. Box-aware augmentation (crops that keep whole boxes, flips, in-plane 90-degree rotations,
+mask. The reader's corrections count more: rejected false positives become hard negatives (patches
+are centred on them) and added, moved or relabelled nodes are sampled ``changed_weight`` times as
+often (:class:`RandFocusCropd`, for a ``focus_prob`` share of the images that have any).
+Box-aware augmentation (crops that keep whole boxes, flips, in-plane 90-degree rotations,
 intensity jitter). Validation: whole-volume sliding-window inference, key metric CPM. The best
 epoch is published to the infer task's model path when training completes (the previous model is
 kept for rollback), so the next infer request uses it without a restart.
@@ -42,12 +45,14 @@ from ..transforms import (
     LabelToBoxesd,
     LoadVolumed,
     NormalizeIntensityd,
+    RandFocusCropd,
     ResampleToGridd,
     boxes_to_nodes,
     load_label,
     suppress_nested,
 )
 from .base import LnnodeTrainTask
+from .datalist import corrections_in
 from .handlers import DetectionCPM
 
 logger = logging.getLogger(__name__)
@@ -81,6 +86,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
             "train_batch_size": 1,
             "val_batch_size": 1,
             "patches_per_image": 4,
+            "focus_prob": 0.5,  # share of images with corrections whose patches centre on them
             "dataset": "CacheDataset",
             "dataloader": "ThreadDataLoader",
         }
@@ -134,24 +140,34 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         ]
         if crop_to_body:
             transforms.append(CropToBodyd(keys="image", threshold=BODY_THRESHOLD))
-        transforms.append(LabelToBoxesd(keys="label"))
+        transforms.append(LabelToBoxesd(keys="label", changed_weight=float(context.request.get("changed_weight", 2.0))))
         return transforms
 
     def train_pre_transforms(self, context: Context):
         spec: DetectorSpec = context.spec
+        request = context.request
+        patches = int(request.get("patches_per_image", 4))
+        nodes_and_background = RandCropBoxByPosNegLabeld(
+            image_keys="image",
+            box_keys="boxes",
+            label_keys="box_labels",
+            spatial_size=list(spec.patch_size),
+            whole_box=True,
+            num_samples=patches,
+            pos=1,
+            neg=1,
+            allow_smaller=True,
+        )
         return [
             *self._base_transforms(context, crop_to_body=False),
-            DeleteItemsd(keys=["label", "image_geometry", "grid", "rejected_boxes", "box_weights"]),
-            RandCropBoxByPosNegLabeld(
-                image_keys="image",
-                box_keys="boxes",
-                label_keys="box_labels",
-                spatial_size=list(spec.patch_size),
-                whole_box=True,
-                num_samples=int(context.request.get("patches_per_image", 4)),
-                pos=1,
-                neg=1,
-                allow_smaller=True,
+            DeleteItemsd(keys=["label", "image_geometry", "grid"]),
+            # the reader's corrections: patches on rejected false positives (hard negatives) and on
+            # nodes added, moved or relabelled, for a share of the images that have any
+            RandFocusCropd(
+                nodes_and_background,
+                spatial_size=spec.patch_size,
+                num_samples=patches,
+                prob=float(request.get("focus_prob", 0.5)),
             ),
             RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=0),
             RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=1),
@@ -279,6 +295,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
                 "n_val": len(context.val_datalist),
                 "label_tag": context.request.get("label_tag"),
                 "anchor_coverage": getattr(context, "anchor_coverage", None),
+                "corrections": corrections_in(context.train_datalist),
                 "operating_point": operating,
                 "request": {k: v for k, v in context.request.items() if isinstance(v, (int, float, str, bool))},
             },

@@ -70,7 +70,9 @@ class PublishBestModel:
     """Save the best checkpoint of a run; publish it when training completes; keep train stats.
 
     ``make_meta(context)`` returns the checkpoint metadata (spec, preprocessing, data summary).
-    Without validation data the last epoch's model is the one published.
+    Without validation data the last epoch's model is the one published. ``served_metric()`` gives
+    the model in service's metric on the same validation images (or None and why not); with
+    ``gate`` the new model is published only when its best metric is not below that.
     """
 
     def __init__(
@@ -81,6 +83,8 @@ class PublishBestModel:
         stats_path: str,
         make_meta: Callable[[Any], dict],
         metric_name: str,
+        served_metric: Callable[[], tuple[float | None, str]] | None = None,
+        gate: bool = True,
     ):
         self.context = context
         self.task = task
@@ -88,6 +92,9 @@ class PublishBestModel:
         self.stats_path = stats_path
         self.make_meta = make_meta
         self.metric_name = metric_name
+        self.served_metric = served_metric
+        self.gate = gate
+        self.comparison: dict[str, Any] | None = None
         self.best_path = os.path.join(context.output_dir, "best.pt")
         self.best_metric = -np.inf
         self.best_epoch = 0
@@ -130,15 +137,32 @@ class PublishBestModel:
             meta.setdefault("training", {}).update({"epoch": trainer.state.epoch, "run_id": self.context.run_id})
             save_checkpoint(self.best_path, self.task, self._state_dict(), meta)
             self.best_epoch = trainer.state.epoch
-        if os.path.exists(self.best_path):
+        if os.path.exists(self.best_path) and not self._keeps_served_model():
             publish(self.best_path, self.model_path)
             self.status = "published"
             self.reason = f"best epoch {self.best_epoch} published to {self.model_path}"
             logger.info(f"+++ {self.reason}")
-        else:
+        elif self.status != "kept_previous":
             self.status = "not_published"
             self.reason = "no checkpoint was saved"
         self._write_stats(trainer)
+
+    def _keeps_served_model(self) -> bool:
+        """True when the model in service scores better on this run's validation set (nothing published)."""
+        if self.served_metric is None or not np.isfinite(self.best_metric):
+            return False
+        served, why = self.served_metric()
+        self.comparison = {"served_metric": served, "new_metric": float(self.best_metric), "note": why}
+        if served is None or not self.gate or self.best_metric >= served:
+            return False
+        self.status = "kept_previous"
+        self.reason = (
+            f"the new model's {self.metric_name} {self.best_metric:.4f} is below the served model's "
+            f"{served:.4f} on the same validation images: the served model stays (train with "
+            f"publish=always to publish anyway)"
+        )
+        logger.info(f"+++ {self.reason}")
+        return True
 
     def _failed(self, trainer: Engine, e: Exception) -> None:
         self.status = "failed"
@@ -158,6 +182,7 @@ class PublishBestModel:
             "best_metric": best,
             "best_metric_epoch": self.best_epoch,
             "history": self.history,
+            "compared_with_served": self.comparison,
             "start_ts": int(self.context.start_ts),
             "elapsed_s": round(time.time() - self.context.start_ts, 1),
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),

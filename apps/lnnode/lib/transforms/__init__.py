@@ -1,6 +1,14 @@
 """Dictionary transforms (MONAI style) that the infer and train tasks compose."""
 
-from .boxes import DETECTOR_OFFSET, LabelToBoxesd, boxes_to_nodes, load_label, nodes_to_boxes, suppress_nested
+from .boxes import (
+    DETECTOR_OFFSET,
+    LabelToBoxesd,
+    RandFocusCropd,
+    boxes_to_nodes,
+    load_label,
+    nodes_to_boxes,
+    suppress_nested,
+)
 from .intensity import BODY_THRESHOLD, DEFAULT_INTENSITY, NormalizeIntensityd, normalize_intensity
 from .spatial import CropToBodyd, LoadVolumed, ResampleToGridd, body_box, grid_for, resample_to_grid
 
@@ -12,6 +20,7 @@ __all__ = [
     "LabelToBoxesd",
     "LoadVolumed",
     "NormalizeIntensityd",
+    "RandFocusCropd",
     "ResampleToGridd",
     "body_box",
     "boxes_to_nodes",

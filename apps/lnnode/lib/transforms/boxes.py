@@ -8,12 +8,13 @@ Boxes are ``xyzxyz`` (MONAI's StandardMode): ``[i0, j0, k0, i1, j1, k1]``.
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.data.box_utils import spatial_crop_boxes
+from monai.transforms import MapTransform, Randomizable
 
 from ..contracts import index_box_to_node, label_from_instance_mask, parse_label
 from ..geometry import ImageGeometry, box_world_to_index
@@ -25,6 +26,7 @@ __all__ = [
     "nodes_to_boxes",
     "boxes_to_nodes",
     "LabelToBoxesd",
+    "RandFocusCropd",
     "suppress_nested",
 ]
 
@@ -107,3 +109,82 @@ class LabelToBoxesd(MapTransform):
             d["rejected_boxes"] = nodes_to_boxes(label.get("rejected", []), grid)
             d[key] = label
         return d
+
+
+class RandFocusCropd(Randomizable, MapTransform):
+    """Training patches centred on what the reader corrected, else ``fallback``'s patches.
+
+    With probability ``prob``, and only for an image that has any, ``num_samples`` patches of
+    ``spatial_size`` are centred (jittered by up to ``jitter`` of the patch) on a rejected false
+    positive (``rejected_boxes``: the patch holds no node there, so the detector learns it as a hard
+    negative) or on a node the reader added, moved or relabelled (``box_weights`` > 1), drawn in
+    proportion to their weights (rejected boxes weigh ``rejected_weight``). Node boxes are clipped
+    to the patch; empty ones are dropped. Otherwise ``fallback`` (e.g. MONAI's
+    ``RandCropBoxByPosNegLabeld``) crops. ``rejected_boxes`` and ``box_weights`` are consumed.
+    """
+
+    def __init__(
+        self,
+        fallback: Callable,
+        spatial_size: Sequence[int],
+        num_samples: int,
+        prob: float = 0.5,
+        jitter: float = 0.25,
+        rejected_weight: float = 1.0,
+        image_key: str = "image",
+        box_key: str = "boxes",
+        label_key: str = "box_labels",
+        weight_key: str = "box_weights",
+        rejected_key: str = "rejected_boxes",
+    ):
+        MapTransform.__init__(self, keys=[image_key])
+        self.fallback = fallback
+        self.spatial_size = np.asarray(spatial_size, dtype=int)
+        self.num_samples = int(num_samples)
+        self.prob, self.jitter, self.rejected_weight = float(prob), float(jitter), float(rejected_weight)
+        self.image_key, self.box_key, self.label_key = image_key, box_key, label_key
+        self.weight_key, self.rejected_key = weight_key, rejected_key
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        if isinstance(self.fallback, Randomizable):
+            self.fallback.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def _targets(self, d: Mapping[Hashable, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (K, 3) in voxels and their sampling weights (K,)."""
+        rejected = np.asarray(d.get(self.rejected_key, np.zeros((0, 6))), dtype=float).reshape(-1, 6)
+        boxes = np.asarray(d[self.box_key], dtype=float).reshape(-1, 6)
+        weights = np.asarray(d.get(self.weight_key, np.ones(len(boxes))), dtype=float).reshape(-1)
+        changed = weights > 1.0
+        focus = np.concatenate([rejected, boxes[changed]])
+        centres = (focus[:, :3] + focus[:, 3:]) / 2
+        w = np.concatenate([np.full(len(rejected), self.rejected_weight), weights[changed]])
+        return centres, w
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        centres, weights = self._targets(d)
+        d.pop(self.rejected_key, None)
+        d.pop(self.weight_key, None)
+        if len(centres) == 0 or weights.sum() <= 0 or self.R.rand() >= self.prob:
+            return self.fallback(d)
+        image = d[self.image_key]
+        shape = np.asarray(image.shape[1:], dtype=int)
+        size = np.minimum(self.spatial_size, shape)
+        out = []
+        for _ in range(self.num_samples):
+            centre = centres[self.R.choice(len(centres), p=weights / weights.sum())]
+            centre = centre + self.R.uniform(-self.jitter, self.jitter, 3) * size
+            start = np.clip(np.round(centre - size / 2).astype(int), 0, shape - size)
+            end = start + size
+            sample = dict(d)
+            sample[self.image_key] = image[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
+            boxes, keep = spatial_crop_boxes(np.asarray(d[self.box_key]), start, end, remove_empty=True)
+            sample[self.box_key] = boxes
+            sample[self.label_key] = np.asarray(d[self.label_key])[np.asarray(keep, dtype=bool)]
+            out.append(sample)
+        return out

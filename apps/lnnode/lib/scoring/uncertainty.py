@@ -1,0 +1,163 @@
+"""``lymph_node_uncertainty``: how unsure the current models are about each unlabelled image.
+
+Per image the pipeline runs once (classifier with its flip test-time augmentation) and the detector
+once more on the left-right mirrored volume. Three numbers, each in [0, 1]:
+
+* ``mean_entropy`` and ``max_entropy`` over the detected nodes of the binary entropy (bits) of
+  ``p_metastasis`` (of the detection score where there is no classifier);
+* ``detection_disagreement``: score mass the two detector passes do not agree on (boxes of one pass
+  with no box of the other within half a box size, plus the score differences of matched boxes),
+  over the total score mass.
+
+``score = (mean_entropy + max_entropy) / 2 + detection_disagreement`` (0 to 2), stored with its parts
+and the model versions in the image's info under ``lymph_node_uncertainty``. An image whose score was
+computed by the models now in service is not scored again (``force: true`` rescores everything), so
+MONAI Label's automatic re-scoring after every training and every served case costs little.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from ..errors import ModelNotReady
+from ..geometry import ImageGeometry
+from ..trainers.datalist import companion_ids
+from ..transforms import LoadVolumed
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NodeUncertaintyScoring", "SCORE_KEY", "binary_entropy", "detection_disagreement", "mirror_nodes"]
+
+SCORE_KEY = "lymph_node_uncertainty"
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits of a Bernoulli(p): 0 at p = 0 or 1, 1 at p = 0.5."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def mirror_nodes(nodes: list[dict[str, Any]], geometry: ImageGeometry, axis: int = 0) -> list[dict[str, Any]]:
+    """Nodes found on a volume mirrored along index ``axis`` (same geometry), mapped back to the image."""
+    out = []
+    n = geometry.shape[axis]
+    for node in nodes:
+        idx = np.asarray(geometry.world_to_index(np.asarray(node["center"], dtype=float)), dtype=float)
+        idx[axis] = (n - 1) - idx[axis]
+        out.append({**node, "center": [float(c) for c in geometry.index_to_world(idx)]})
+    return out
+
+
+def detection_disagreement(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
+    """Score mass two detections of one image disagree on, over their total (0: identical, 1: disjoint)."""
+    total = sum(n["detection_score"] for n in a) + sum(n["detection_score"] for n in b)
+    if total <= 0:
+        return 0.0
+    unmatched_b = list(range(len(b)))
+    disagreement = 0.0
+    for node in sorted(a, key=lambda x: -x["detection_score"]):
+        best, best_d = None, np.inf
+        for j in unmatched_b:
+            d = float(np.linalg.norm(np.subtract(node["center"], b[j]["center"])))
+            reach = 0.5 * max(max(node["size"]), max(b[j]["size"]))
+            if d <= reach and d < best_d:
+                best, best_d = j, d
+        if best is None:
+            disagreement += node["detection_score"]
+        else:
+            unmatched_b.remove(best)
+            disagreement += abs(node["detection_score"] - b[best]["detection_score"])
+    disagreement += sum(b[j]["detection_score"] for j in unmatched_b)
+    return float(min(disagreement / total, 1.0))
+
+
+class NodeUncertaintyScoring(ScoringMethod):
+    """Scores every image without a ``final`` label (see the module doc). Request: ``force``, ``device``,
+    ``label_tag`` (the tag that counts as labelled), ``limit`` (score at most this many images)."""
+
+    def __init__(self, pipeline: Any):
+        super().__init__("Model uncertainty per unlabelled image (node entropy + detection disagreement under TTA)")
+        self.pipeline = pipeline
+
+    def _versions(self) -> dict[str, str | None]:
+        from ..infers.detection import model_version
+
+        versions: dict[str, str | None] = {}
+        for stage in (self.pipeline.detection, self.pipeline.classification):
+            if stage is None:
+                continue
+            try:
+                versions[stage.name] = model_version(stage.checkpoint(), stage.name)
+            except ModelNotReady:
+                versions[stage.name] = None
+        return versions
+
+    def score_image(self, image: str | list[str], image_id: str, device: str = "cpu") -> dict[str, Any]:
+        """The uncertainty of one image (``image``: path, or the case's sequence paths)."""
+        begin = time.perf_counter()
+        result_file, result = self.pipeline({"image": image, "image_id": image_id, "device": device})
+        if result_file and os.path.exists(result_file):
+            os.remove(result_file)
+        nodes = result["nodes"]
+        loaded = LoadVolumed(keys="image")({"image": image})
+        geometry: ImageGeometry = loaded["image_geometry"]
+        mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded["image"]), axis=1))  # index axis 0
+        stage = {"image": mirrored, "image_geometry": geometry, "image_id": image_id, "device": device}
+        _, detected = self.pipeline.detection({**stage, "skip_writer": True})
+        again = mirror_nodes(detected["result"]["nodes"], geometry, axis=0)
+        probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
+        entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
+        mean_h = float(entropy.mean()) if entropy.size else 0.0
+        max_h = float(entropy.max()) if entropy.size else 0.0
+        disagreement = detection_disagreement(nodes, again)
+        return {
+            "score": round(0.5 * (mean_h + max_h) + disagreement, 4),
+            "mean_entropy": round(mean_h, 4),
+            "max_entropy": round(max_h, 4),
+            "detection_disagreement": round(disagreement, 4),
+            "n_nodes": len(nodes),
+            "seconds": round(time.perf_counter() - begin, 2),
+        }
+
+    def __call__(self, request, datastore: Datastore):
+        force = str(request.get("force", False)).lower() in ("true", "1", "yes")
+        if hasattr(datastore, "reload"):
+            datastore.reload()  # scores and labels other processes wrote
+        tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
+        device = request.get("device") or self.pipeline.detection._config.get("device") or "cpu"
+        limit = int(request.get("limit") or 0)
+        versions = self._versions()
+        if self.pipeline.detection.name in versions and versions[self.pipeline.detection.name] is None:
+            return {"scored": [], "skipped": [], "failed": {}, "reason": "no detector weights: nothing to score with"}
+        suffixes = self.pipeline.channel_suffixes()
+        scored, skipped, failed = [], [], {}
+        for image_id in sorted(datastore.get_unlabeled_images(tag)):
+            if image_id.endswith(tuple(suffixes)) and suffixes:
+                continue  # another sequence of a case, not a case
+            previous = datastore.get_image_info(image_id).get(SCORE_KEY) or {}
+            if not force and previous.get("models") == versions:
+                skipped.append(image_id)
+                continue
+            if limit and len(scored) >= limit:
+                break
+            paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
+            try:
+                if not all(paths):
+                    raise ValueError(f"a sequence {suffixes} is missing")
+                info = self.score_image(paths if suffixes else paths[0], image_id, device)
+            except Exception as e:  # one bad image must not stop the others' scores
+                logger.warning(f"{image_id}: not scored: {e}")
+                failed[image_id] = str(e)
+                continue
+            info.update(models=versions, ts=int(time.time()))
+            datastore.update_image_info(image_id, {SCORE_KEY: info})
+            scored.append(image_id)
+        logger.info(f"uncertainty: scored {len(scored)}, up to date {len(skipped)}, failed {len(failed)}")
+        return {"scored": scored, "skipped": skipped, "failed": failed, "models": versions}

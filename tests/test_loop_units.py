@@ -1,0 +1,151 @@
+"""Units of the correction loop: review statistics, patches on corrections, the publish gate, the
+uncertainty score's parts and the ``uncertain`` ranking."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from lnnode.lib.activelearning.uncertain import SERVED_KEY, rank_key
+from lnnode.lib.geometry import ImageGeometry
+from lnnode.lib.review import review_stats, summarise_reviews
+from lnnode.lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
+from lnnode.lib.trainers.handlers import PublishBestModel
+from lnnode.lib.transforms import RandFocusCropd
+
+
+def result_node(i: int, p: float, center=(0.0, 0.0, 0.0)) -> dict:
+    return {"id": f"n{i}", "center": list(center), "size": [8.0, 8.0, 6.0], "detection_score": 0.9, "p_metastasis": p}
+
+
+def test_review_stats_against_the_model_result():
+    original = {"model": {"detector": "d@1", "classifier": "c@1"}, "nodes": [
+        result_node(1, 0.9), result_node(2, 0.2, (20, 0, 0)), result_node(3, 0.7, (40, 0, 0)),
+        result_node(4, 0.1, (60, 0, 0)), result_node(5, 0.5, (80, 0, 0)),
+    ]}  # fmt: skip
+    label = {"nodes": [
+        {"center": [0, 0, 0], "size": [8, 8, 6], "class": "metastatic", "origin": "model", "from_node": "n1"},
+        {"center": [20, 0, 0], "size": [8, 8, 6], "class": "metastatic", "origin": "model", "from_node": "n2"},
+        {"center": [41.5, 0, 0], "size": [8, 8, 6], "class": "metastatic", "origin": "model", "from_node": "n3"},
+        {"center": [0, 30, 0], "size": [5, 5, 5], "class": "benign", "origin": "added"},
+    ], "rejected": [{"center": [60, 0, 0], "size": [8, 8, 6], "from_node": "n4"}]}  # fmt: skip
+    stats = review_stats(label, original)
+    assert (stats["accepted"], stats["relabelled"], stats["edited"]) == (1, 1, 1)  # n1 kept, n2 relabelled, n3 moved
+    assert (stats["rejected"], stats["added"], stats["unreviewed"]) == (1, 1, 1)  # n4 rejected, n5 left
+    assert stats["corrections"] == 4 and stats["n_model_nodes"] == 5
+    assert stats["compared_with"] == original["model"]
+
+    alone = review_stats(label, None)  # no model result: only what the label says by itself
+    assert alone["relabelled"] is None and alone["added"] == 1 and alone["rejected"] == 1
+
+    summary = summarise_reviews(
+        [{"image": f"c{i}", "ts": i, "stats": {"corrections": c, "added": 1}} for i, c in enumerate([4, 2, 1])],
+        window=2,
+    )
+    assert summary["n_cases"] == 3 and summary["totals"]["added"] == 3
+    assert [t["mean_corrections"] for t in summary["trend"]] == [3.0, 1.0]
+
+
+def test_focus_crop_centres_patches_on_rejected_boxes_and_changed_nodes():
+    image = torch.zeros((1, 64, 64, 32))
+    image[0, 53, 13, 23] = 1.0  # the rejected box's centre
+    image[0, 43, 43, 13] = 2.0  # the second node's centre
+    boxes = np.array([[5, 5, 5, 11, 11, 9], [40, 40, 10, 46, 46, 16]], np.float32)
+    fallback_calls = []
+
+    def fallback(d):
+        fallback_calls.append(d)
+        return [d]
+
+    crop = RandFocusCropd(fallback, spatial_size=(24, 24, 16), num_samples=6, prob=1.0, jitter=0.1)
+    crop.set_random_state(0)
+    rejected = np.array([[50, 10, 20, 56, 16, 26]], np.float32)
+    d = {"image": image, "boxes": boxes, "box_labels": np.zeros(2, np.int64),
+         "box_weights": np.array([1.0, 1.0], np.float32), "rejected_boxes": rejected}  # fmt: skip
+    patches = crop(d)
+    assert len(patches) == 6 and not fallback_calls
+    for p in patches:
+        assert tuple(p["image"].shape) == (1, 24, 24, 16)
+        assert "rejected_boxes" not in p and "box_weights" not in p
+        assert len(p["boxes"]) == len(p["box_labels"])
+        assert (p["image"] == 1.0).sum() == 1, "every patch holds the rejected false positive"
+
+    d2 = {**d, "rejected_boxes": np.zeros((0, 6), np.float32), "box_weights": np.array([1.0, 3.0], np.float32)}
+    for p in crop(d2):  # the changed node (weight 3) is in every patch, with its box
+        assert (p["image"] == 2.0).sum() == 1 and len(p["boxes"]) >= 1
+
+    d3 = {**d, "rejected_boxes": np.zeros((0, 6), np.float32)}
+    crop(d3)
+    assert len(fallback_calls) == 1 and "rejected_boxes" not in fallback_calls[0]
+
+
+def _publisher_run(tmp_path, new_metric: float, served: float | None, gate: bool = True) -> dict:
+    trainer = Engine(lambda engine, batch: {"loss": 0.0})
+    evaluator = Engine(lambda engine, batch: None)
+    context = SimpleNamespace(
+        network=torch.nn.Linear(2, 1), evaluator=evaluator, output_dir=str(tmp_path), run_id="r1", start_ts=time.time()
+    )
+    publisher = PublishBestModel(
+        context, task="classification", model_path=str(tmp_path / "model.pt"), stats_path=str(tmp_path / "stats.json"),
+        make_meta=lambda c: {"network": {}}, metric_name="val_auc", served_metric=lambda: (served, "same images"),
+        gate=gate,
+    )  # fmt: skip
+
+    @trainer.on(Events.EPOCH_STARTED)  # before the publisher's EPOCH_COMPLETED handler reads it
+    def validate(engine):
+        evaluator.state.metrics = {"val_auc": new_metric}
+
+    publisher.attach(trainer, evaluator)
+    trainer.run([0], max_epochs=1)
+    return json.loads((tmp_path / "stats.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "new, served, gate, published",
+    [(0.6, 0.7, True, False), (0.7, 0.7, True, True), (0.8, 0.7, True, True), (0.6, 0.7, False, True),
+     (0.6, None, True, True)],
+)  # fmt: skip
+def test_new_model_is_published_only_if_not_worse_than_the_served_one(tmp_path, new, served, gate, published):
+    stats = _publisher_run(tmp_path, new, served, gate)
+    assert (tmp_path / "model.pt").exists() == published
+    assert stats["status"] == ("published" if published else "kept_previous")
+    assert stats["compared_with_served"]["served_metric"] == served
+    if not published:
+        assert "served model stays" in stats["reason"]
+
+
+def test_uncertainty_parts():
+    assert binary_entropy(np.array([0.5]))[0] == pytest.approx(1.0)
+    assert binary_entropy(np.array([0.0, 1.0])) == pytest.approx([0.0, 0.0], abs=1e-5)
+    a = [{"center": [0, 0, 0], "size": [10, 10, 10], "detection_score": 0.8}]
+    assert detection_disagreement(a, [dict(a[0], center=[1, 0, 0])]) == 0.0
+    assert detection_disagreement(a, []) == 1.0
+    assert detection_disagreement([], []) == 0.0
+    half = detection_disagreement(a, [dict(a[0], detection_score=0.4)])
+    assert half == pytest.approx(0.4 / 1.2)
+
+    # mirroring twice along an index axis is the identity, for an oblique anisotropic grid
+    direction = np.array([[0.9, -0.1, 0.42], [0.2, 0.97, -0.1], [-0.38, 0.18, 0.9]])
+    q, _ = np.linalg.qr(direction)
+    g = ImageGeometry((40, 30, 12), (0.7, 0.9, 5.0), (10.0, -20.0, 5.0), tuple(q.ravel()))
+    node = {"center": list(g.index_to_world(np.array([3.0, 7.0, 2.0]))), "size": [5, 5, 5]}
+    once = mirror_nodes([node], g)[0]
+    assert np.allclose(g.world_to_index(np.array(once["center"])), [36.0, 7.0, 2.0])
+    assert np.allclose(mirror_nodes([once], g)[0]["center"], node["center"])
+
+
+def test_uncertain_ranking_prefers_high_scores_then_the_least_recently_served():
+    infos = {
+        "a": {SCORE_KEY: {"score": 0.3}, SERVED_KEY: 5.0},
+        "b": {SCORE_KEY: {"score": 0.9}, SERVED_KEY: 9.0},
+        "c": {SCORE_KEY: {"score": 0.9}, SERVED_KEY: 2.0},
+        "d": {},
+    }
+    order = sorted(infos, key=lambda i: rank_key(i, infos[i]))
+    assert order == ["c", "b", "a", "d"]
