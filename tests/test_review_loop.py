@@ -134,17 +134,20 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
 
 def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_server, tmp_path):
     """--conf auto_train_every 1: the PUT of a corrected label (a rejected false positive, an added and a
-    moved node) queues a tiny detector training on the corrections; it publishes; infer uses it."""
+    moved node) queues a tiny detector training on the corrections; it publishes; infer uses it; MONAI
+    Label's re-scoring after the training (a separate process) scores the unlabelled case with it."""
     from lnnode.lib.checkpoint import load_checkpoint
 
     studies = tmp_path / "studies"
-    synthesize(studies, 3, modality="ct", seed=99, shape=(64, 64, 24), spacing=(2.0, 2.0, 3.0))
+    synthesize(studies, 4, modality="ct", seed=99, shape=(64, 64, 24), spacing=(2.0, 2.0, 3.0))
+    (studies / "labels" / "final" / "ct_003.json").unlink()  # one case nobody has reviewed
     models = tmp_path / "models"
     params = {"max_epochs": 1, "init": "scratch", "val_split": 0.0, "patches_per_image": 1, "focus_prob": 1.0}
     params["spec"] = {"patch_size": [32, 32, 16], "roi_size": [64, 64, 32]}
     server = start_server(
         studies, model_dir=str(models), demo_weights="false", device="cpu", auto_train_every="1",
         auto_train_models="lymph_node_detection", auto_train_params=json.dumps(params),
+        env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "true"},
     )  # fmt: skip
     assert server.request("POST", "/infer/lymph_node_detection?image=ct_000")[0] == 503  # no model yet
 
@@ -175,3 +178,13 @@ def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_se
     assert status == 200, result
     assert result["model"]["detector"] == f"lymph_node_detection@{checkpoint.meta['training']['created']}"
     assert MONAILabelClient(server.url).info()["auto_train"]["labels_since_training"] == 0
+
+    version = result["model"]["detector"]
+    deadline, score = time.time() + 300, {}
+    while time.time() < deadline and score.get("models", {}).get("lymph_node_detection") != version:
+        time.sleep(2)
+        _, info = server.request("GET", "/datastore/image/info?image=ct_003")
+        score = info.get("lymph_node_uncertainty") or {}
+    assert score.get("models", {}).get("lymph_node_detection") == version, score
+    _, info = server.request("GET", "/datastore/label/info?label=ct_000&tag=final")
+    assert info["review"]["rejected"] == 1, "the scoring process's write kept the server's label info"

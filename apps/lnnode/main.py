@@ -199,6 +199,14 @@ class LymphNodeApp(MONAILabelApp):
                 answer["training"] = self.async_training(models, params=params, enqueue=True)
         return answer
 
+    def async_scoring(self, method, params=None):
+        # a training process asks the server to re-score once it has published; MONAI Label posts to
+        # /scoring/<method>, which refuses while another scoring runs, and the refresh would be lost.
+        # /scoring/ queues behind it instead.
+        if self._server_mode or method or not self._scoring_methods:
+            return super().async_scoring(method, params)
+        return self._local_request("/scoring/", params, "Scoring")
+
     def info(self):
         meta = super().info()
         if isinstance(self._datastore, LnnodeDatastore):

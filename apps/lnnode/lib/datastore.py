@@ -77,7 +77,7 @@ class LnnodeDatastore(LocalDatastore):
 
     # -- the datastore file: read-modify-write under the lock, atomic writes -------------------------
     def _reload_if_changed(self) -> None:
-        """Re-read the datastore file when another process wrote it (call with the lock held)."""
+        """Re-read the datastore file when another process wrote it (before a change: with the lock held)."""
         path = self._datastore_config_path
         if not os.path.exists(path) or os.stat(path).st_mtime == self._config_ts:
             return
@@ -99,6 +99,23 @@ class LnnodeDatastore(LocalDatastore):
                 write()
         else:
             write()
+
+    # reads see what other processes wrote (the file is replaced atomically, so no lock is needed)
+    def json(self):
+        self._reload_if_changed()
+        return super().json()
+
+    def datalist(self, full_path=True):
+        self._reload_if_changed()
+        return super().datalist(full_path)
+
+    def get_unlabeled_images(self, label_tag=None, labels=None) -> list[str]:
+        self._reload_if_changed()
+        return super().get_unlabeled_images(label_tag, labels)
+
+    def status(self):
+        self._reload_if_changed()
+        return super().status()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _object(self, image_id: str) -> ImageLabelModel:
@@ -155,6 +172,7 @@ class LnnodeDatastore(LocalDatastore):
         return super().get_image_uri(image_id)
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
+        self._reload_if_changed()
         self._object(image_id)
         return super().get_image_info(image_id)
 
@@ -250,6 +268,7 @@ class LnnodeDatastore(LocalDatastore):
         return super().get_label_uri(label_id, label_tag)
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        self._reload_if_changed()
         obj = self._object(label_id)
         if check_name(label_tag, "label tag") not in obj.labels:
             raise NotFound(f"image {label_id!r} has no label with tag {label_tag!r}")
@@ -315,6 +334,7 @@ class LnnodeDatastore(LocalDatastore):
 
     def reviews(self, label_tag: str = DefaultLabelTag.FINAL.value) -> list[dict[str, Any]]:
         """Per reviewed case: ``{"image", "ts", "stats"}`` from the labels' info."""
+        self._reload_if_changed()
         out = []
         for image_id, obj in sorted(self._datastore.objects.items()):
             label = obj.labels.get(label_tag)

@@ -3,8 +3,9 @@
 Per image the pipeline runs once (classifier with its flip test-time augmentation) and the detector
 once more on the left-right mirrored volume. Three numbers, each in [0, 1]:
 
-* ``mean_entropy`` and ``max_entropy`` over the detected nodes of the binary entropy (bits) of
-  ``p_metastasis`` (of the detection score where there is no classifier);
+* ``mean_entropy`` (weighted by detection score: a faint box counts little) and ``max_entropy`` over
+  the detected nodes of the binary entropy (bits) of ``p_metastasis`` (of the detection score where
+  there is no classifier);
 * ``detection_disagreement``: score mass the two detector passes do not agree on (boxes of one pass
   with no box of the other within half a box size, plus the score differences of matched boxes),
   over the total score mass.
@@ -114,7 +115,8 @@ class NodeUncertaintyScoring(ScoringMethod):
         again = mirror_nodes(detected["result"]["nodes"], geometry, axis=0)
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
         entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
-        mean_h = float(entropy.mean()) if entropy.size else 0.0
+        weights = np.asarray([n["detection_score"] for n in nodes], dtype=float)
+        mean_h = float(np.sum(weights * entropy) / weights.sum()) if entropy.size and weights.sum() > 0 else 0.0
         max_h = float(entropy.max()) if entropy.size else 0.0
         disagreement = detection_disagreement(nodes, again)
         return {
