@@ -47,6 +47,11 @@ class DetectionToResultd(MapTransform):
             {**node, "detection_score": round(float(score), 4)}
             for node, score in zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)
         ]
+        source: ImageGeometry | None = d.get("image_geometry")
+        if source is not None:
+            # an oblique image's world-aligned grid has corners outside the image: a box centred there
+            # is not in the image (and a label or a classification request would be refused for it)
+            ranked = [n for n in ranked if source.contains_index(source.world_to_index(n["center"]))]
         nodes = [{"id": f"n{rank + 1}", **node} for rank, node in enumerate(suppress_nested(ranked))]
         d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, detector=self.detector_name)
         return d

@@ -1,0 +1,413 @@
+"""Lymph Node Review: review lnnode's node boxes and metastasis probabilities, correct them, send them back.
+
+Module, Widget, Logic and Test in the Slicer way. The Widget only wires the panel
+(``Resources/UI/LymphNodeReview.ui``) to the Logic; the Logic keeps the scene (volumes, ROI boxes)
+and the review in step; everything that needs neither Slicer nor Qt (server client, review state,
+labels, LPS/RAS) is in ``LymphNodeReviewLib`` and tested outside Slicer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError, probability_color
+from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION
+from LymphNodeReviewLib.review import REJECTED, box_lps_to_ras, box_ras_to_lps
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+NODE_ID_ATTRIBUTE = "LymphNodeReview.nodeId"
+REVIEW_PARAMETER = "LymphNodeReview.review"  # the review (JSON) kept in the scene: nothing is lost
+SETTINGS_URL = "LymphNodeReview/serverUrl"
+COLUMNS = ("id", "p_metastasis", "uncertainty", "short_axis_mm", "long_axis_mm", "size_rule", "morphology_rule",
+           "class", "status")  # fmt: skip
+
+
+class LymphNodeReview(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Lymph Node Review"
+        self.parent.categories = ["lnnode"]
+        self.parent.contributors = ["lnnode developers"]
+        self.parent.helpText = (
+            "Runs the lnnode server's lymph-node pipeline on a case, shows each node as a box coloured by "
+            "its metastasis probability, lets you accept, reject, relabel, move, resize and add nodes, and "
+            "sends your review back to the server as training data. Shortcuts: A accept, R reject, "
+            "M metastatic, B benign, N next case, Ctrl+Z undo."
+        )
+        self.parent.acknowledgementText = "Built on MONAI Label and 3D Slicer."
+
+
+# -- logic (no widgets) -------------------------------------------------------------------------------------
+class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
+    """Server calls, the scene's volume and ROI boxes, and the review state, kept in step."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.server: LymphNodeServer | None = None
+        self.session: ReviewSession | None = None
+        self.image_id: str | None = None
+        self.volume = None
+        self.rois: dict = {}
+
+    # server
+    def connect(self, url: str) -> dict:
+        self.server = LymphNodeServer(url)
+        return self.server.info()
+
+    def _require_server(self) -> LymphNodeServer:
+        if self.server is None:
+            raise ServerError("connect to an lnnode server first")
+        return self.server
+
+    # cases
+    def load_next_case(self, strategy: str = "uncertain") -> str | None:
+        """Ask the strategy for a case and load it (all its sequences); None when none is left."""
+        server = self._require_server()
+        case = server.next_case(strategy)
+        if not case:
+            return None
+        path = case.get("path")
+        if not (path and os.path.exists(path)):  # a remote server: download it
+            path = server.download_image(case["id"], tempfile.mkdtemp(prefix="lnnode-"))
+        self.volume = slicer.util.loadVolume(path)
+        self.image_id = case["id"]
+        return self.image_id
+
+    def use_volume(self, volume_node, image_id: str) -> str:
+        """Review a volume already in Slicer: it is uploaded to the server's datastore under ``image_id``."""
+        server = self._require_server()
+        image_id = re.sub(r"[^A-Za-z0-9._+-]", "_", image_id).lstrip("._-") or "slicer_volume"  # a valid id
+        path = os.path.join(tempfile.mkdtemp(prefix="lnnode-"), f"{image_id}.nrrd")
+        slicer.util.saveNode(volume_node, path)
+        self.image_id = server.upload_image(path, image_id)
+        self.volume = volume_node
+        return self.image_id
+
+    def run(self, params: dict | None = None) -> ReviewSession:
+        """Run the pipeline on the current case; returns the new review (boxes are made by show_boxes)."""
+        if not self.image_id:
+            raise ServerError("load a case first")
+        result = self._require_server().run_pipeline(self.image_id, params or {})
+        self.session = ReviewSession(result)
+        return self.session
+
+    # scene
+    def clear_boxes(self) -> None:
+        for roi in self.rois.values():
+            slicer.mrmlScene.RemoveNode(roi)
+        self.rois = {}
+
+    def show_boxes(self) -> None:
+        """One axis-aligned ROI per node (RAS), coloured by probability; rejected nodes hidden."""
+        self.clear_boxes()
+        for node in self.session.nodes:
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"LN {node.id}")
+            roi.SetAttribute(NODE_ID_ATTRIBUTE, node.id)
+            center, size = box_lps_to_ras(node.center, node.size)
+            roi.SetCenter(center)
+            roi.SetSize(size)
+            display = roi.GetDisplayNode()
+            display.SetSelectedColor(probability_color(node.p_metastasis))
+            display.SetColor(probability_color(node.p_metastasis))
+            roi.SetDisplayVisibility(node.status != REJECTED)
+            self.rois[node.id] = roi
+        self.keep_review_in_scene()
+
+    def sync_from_scene(self) -> None:
+        """Boxes the reader moved or resized with the ROI handles become moves in the review."""
+        for node_id, roi in self.rois.items():
+            node = self.session.node(node_id) if any(n.id == node_id for n in self.session.nodes) else None
+            if node is None:
+                continue
+            center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+            roi.GetCenter(center)
+            roi.GetSize(size)
+            lps_center, lps_size = box_ras_to_lps(center, size)
+            if max(abs(a - b) for a, b in zip(lps_center + lps_size, node.center + node.size)) > 1e-3:
+                self.session.move(node_id, lps_center, lps_size)
+
+    def add_box_at(self, center_ras, size_mm: float = 10.0, cls: str = "benign") -> str:
+        center, size = box_ras_to_lps(center_ras, [size_mm] * 3)
+        node_id = self.session.add(center, size, cls)
+        self.show_boxes()
+        return node_id
+
+    def jump_to(self, node_id: str) -> None:
+        center, _ = box_lps_to_ras(self.session.node(node_id).center, self.session.node(node_id).size)
+        slicer.modules.markups.logic().JumpSlicesToLocation(*center, True)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActivePlaceNodeID(self.rois[node_id].GetID())
+
+    def keep_review_in_scene(self) -> None:
+        if self.session is not None:
+            slicer.mrmlScene.SetAttribute(REVIEW_PARAMETER, self.session.to_json())
+
+    def restore_review_from_scene(self) -> ReviewSession | None:
+        text = slicer.mrmlScene.GetAttribute(REVIEW_PARAMETER)
+        self.session = ReviewSession.from_json(text) if text else None
+        return self.session
+
+    # submit
+    def submit(self, reviewer: str, train_after: bool = False) -> dict:
+        """Send the review; on any failure the review stays in the scene to be sent again."""
+        self.sync_from_scene()
+        self.keep_review_in_scene()
+        answer = self._require_server().submit_label(self.image_id, self.session.to_label(reviewer=reviewer))
+        if train_after:
+            for model in (DETECTION, CLASSIFICATION):
+                answer.setdefault("training", {})[model] = self.server.start_training(model, {})
+        return answer
+
+
+# -- widget -------------------------------------------------------------------------------------------------
+class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: LymphNodeReviewLogic | None = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._job: dict | None = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/LymphNodeReview.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LymphNodeReviewLogic()
+
+        self.ui.serverUrlEdit.text = qt.QSettings().value(SETTINGS_URL, "http://127.0.0.1:8000")
+        self.ui.nodeTable.setColumnCount(len(COLUMNS))
+        self.ui.nodeTable.setHorizontalHeaderLabels(list(COLUMNS))
+        self.ui.connectButton.connect("clicked()", self.onConnect)
+        self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
+        self.ui.useVolumeButton.connect("clicked()", self.onUseVolume)
+        self.ui.runButton.connect("clicked()", self.onRun)
+        self.ui.acceptButton.connect("clicked()", lambda: self._edit("accept"))
+        self.ui.rejectButton.connect("clicked()", lambda: self._edit("reject"))
+        self.ui.metastaticButton.connect("clicked()", lambda: self._edit("metastatic"))
+        self.ui.benignButton.connect("clicked()", lambda: self._edit("benign"))
+        self.ui.addButton.connect("clicked()", self.onAdd)
+        self.ui.undoButton.connect("clicked()", self.onUndo)
+        self.ui.submitButton.connect("clicked()", self.onSubmit)
+        self.ui.nodeTable.connect("cellClicked(int,int)", self.onRowClicked)
+        self._timer.connect("timeout()", self._poll)
+        for key, slot in (("A", lambda: self._edit("accept")), ("R", lambda: self._edit("reject")),
+                          ("M", lambda: self._edit("metastatic")), ("B", lambda: self._edit("benign")),
+                          ("N", self.onNextCase), ("Ctrl+Z", self.onUndo)):  # fmt: skip
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", slot)
+        self.ui.progressBar.hide()
+
+    # background work: server calls run in a thread, the GUI polls (it never freezes)
+    def _start(self, what: str, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        if self._job is not None:
+            self._say("busy: wait for the current request to finish")
+            return
+        self._job = {"done": done, "result": None, "error": None}
+
+        def target(job=self._job):
+            try:
+                job["result"] = work()
+            except Exception as e:  # shown to the reader in words
+                job["error"] = e
+
+        self._job["thread"] = threading.Thread(target=target, daemon=True)
+        self._job["thread"].start()
+        self.ui.progressBar.show()
+        self._say(what + "...")
+        self._timer.start()
+
+    def _poll(self) -> None:
+        job = self._job
+        if job is None or job["thread"].is_alive():
+            return
+        self._timer.stop()
+        self.ui.progressBar.hide()
+        self._job = None
+        if job["error"] is not None:
+            self._say(f"error: {job['error']}")
+            return
+        job["done"](job["result"])
+
+    def _say(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    # actions
+    def onConnect(self):
+        url = self.ui.serverUrlEdit.text.strip()
+        qt.QSettings().setValue(SETTINGS_URL, url)
+
+        def done(info):
+            models = ", ".join(sorted(info.get("models", {})))
+            stats = info.get("train_stats", {})
+            training = "; ".join(f"{m}: {s.get('status', '?')}" for m, s in stats.items() if isinstance(s, dict))
+            self._say(f"connected: {models}" + (f" (training {training})" if training else ""))
+            self.ui.strategyCombo.clear()
+            for name in sorted(info.get("strategies", {})):
+                self.ui.strategyCombo.addItem(name)
+            self.ui.strategyCombo.currentText = "uncertain"
+
+        self._start("connecting", lambda: self.logic.connect(url), done)
+
+    def onNextCase(self):
+        strategy = self.ui.strategyCombo.currentText or "uncertain"
+        server = self.logic.server
+        if server is None:
+            self._say("connect first")
+            return
+        # the case is chosen in the background; loading the volume happens in the GUI thread
+        self._start("asking for the next case", lambda: server.next_case(strategy), self._loadCase)
+
+    def _loadCase(self, case):
+        if not case:
+            self._say("no unreviewed case left")
+            return
+        path = case.get("path")
+        if not (path and os.path.exists(path)):
+            path = self.logic.server.download_image(case["id"], tempfile.mkdtemp(prefix="lnnode-"))
+        self.logic.volume = slicer.util.loadVolume(path)
+        self.logic.image_id = case["id"]
+        self._say(f"case {case['id']} loaded: Run to see its nodes")
+
+    def onUseVolume(self):
+        volume = self.ui.volumeSelector.currentNode()
+        if volume is None:
+            self._say("select a volume")
+            return
+        name = volume.GetName()
+        self._start("uploading", lambda: self.logic.use_volume(volume, name), lambda i: self._say(f"uploaded as {i}"))
+
+    def onRun(self):
+        params = {"saliency": bool(self.ui.saliencyCheck.checked)}
+        self._start("running the pipeline", lambda: self.logic.run(params), lambda s: self._showReview())
+
+    def _showReview(self):
+        self.logic.show_boxes()
+        self._fillTable()
+
+    def _fillTable(self):
+        session = self.logic.session
+        rows = session.rows() if session else []
+        self.ui.nodeTable.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(COLUMNS):
+                value = row.get(key)
+                text = f"{value:.2f}" if isinstance(value, float) else ("" if value is None else str(value))
+                self.ui.nodeTable.setItem(r, c, qt.QTableWidgetItem(text))
+        if session:
+            s = session.summary()
+            self.ui.summaryLabel.text = (
+                f"{s['n_nodes']} nodes, {s['n_suspicious']} suspicious, {s['n_stage_hint']} (hint) | "
+                f"accepted {s['accepted']}, rejected {s['rejected']}, pending {s['pending']}, added {s['added']}"
+            )
+
+    def _selected(self) -> str | None:
+        row = self.ui.nodeTable.currentRow()
+        if row < 0 or self.logic.session is None or row >= len(self.logic.session.nodes):
+            return None
+        return self.logic.session.nodes[row].id
+
+    def onRowClicked(self, row, column):
+        node_id = self._selected()
+        if node_id:
+            self.logic.jump_to(node_id)
+
+    def _edit(self, action: str):
+        node_id = self._selected()
+        if node_id is None:
+            return
+        self.logic.sync_from_scene()
+        session = self.logic.session
+        if action == "accept":
+            session.accept(node_id)
+        elif action == "reject":
+            session.reject(node_id)
+        else:
+            session.set_class(node_id, action)
+        self.logic.show_boxes()
+        self._fillTable()
+
+    def onAdd(self):
+        if self.logic.session is None:
+            return
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        center = [0.0, 0.0, 0.0]
+        crosshair.GetCursorPositionRAS(center)
+        self.logic.add_box_at(center, cls="metastatic" if self.ui.addMetastaticCheck.checked else "benign")
+        self._fillTable()
+
+    def onUndo(self):
+        if self.logic.session is not None and self.logic.session.undo():
+            self.logic.show_boxes()
+            self._fillTable()
+
+    def onSubmit(self):
+        if self.logic.session is None:
+            return
+        reviewer = self.ui.reviewerEdit.text.strip()
+        train = bool(self.ui.trainAfterCheck.checked)
+
+        def done(answer):
+            r = answer.get("review", {})
+            self._say(f"submitted: {r.get('corrections', 0)} corrections ({r.get('accepted', 0)} accepted, "
+                      f"{r.get('rejected', 0)} rejected, {r.get('added', 0)} added)")  # fmt: skip
+
+        self.logic.sync_from_scene()
+        self._start("submitting", lambda: self.logic.submit(reviewer, train), done)
+
+
+# -- test (run inside Slicer: needs a running lnnode server, LNNODE_TEST_SERVER or 127.0.0.1:8000) -----------
+class LymphNodeReviewTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_review_round_trip()
+
+    def test_review_round_trip(self):
+        """A synthetic oblique volume is uploaded, the pipeline runs, edits are made, the review is sent."""
+        url = os.environ.get("LNNODE_TEST_SERVER", "http://127.0.0.1:8000")
+        logic = LymphNodeReviewLogic()
+        logic.connect(url)
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "lnnode_selftest")
+        array = np.full((40, 96, 96), -100, dtype=np.int16)  # k, j, i: fat
+        array[18:24, 40:48, 40:48] = 40  # a soft-tissue blob
+        slicer.util.updateVolumeFromArray(volume, array)
+        volume.SetSpacing(0.9, 0.8, 2.5)
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijk_to_ras)
+        rotation = vtk.vtkTransform()
+        rotation.RotateZ(15)
+        rotation.RotateX(5)
+        combined = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Multiply4x4(rotation.GetMatrix(), ijk_to_ras, combined)
+        volume.SetIJKToRASMatrix(combined)
+        logic.use_volume(volume, "lnnode_selftest")
+        session = logic.run({"score_thresh": 0.01})
+        logic.show_boxes()
+        self.assertEqual(len(logic.rois), len(session.nodes))
+        added = logic.add_box_at([0.0, 0.0, 0.0])
+        if session.nodes and session.nodes[0].id != added:
+            session.reject(session.nodes[0].id)
+        answer = logic.submit("slicer-selftest")
+        self.assertIn("review", answer)
+        self.assertEqual(answer["review"]["added"], 1)
+        self.delayDisplay("Lymph Node Review self-test passed")
