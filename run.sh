@@ -3,7 +3,8 @@
 # the first time, then:
 #   ./run.sh demo   writes demo studies (CT phantoms) to demo/studies and starts the MONAI Label
 #                   server with apps/lnnode on http://127.0.0.1:8000 (CPU; PORT=... to change)
-#   ./run.sh test   runs ruff and the whole test suite (what CI runs)
+#   ./run.sh test   runs ruff and the whole test suite (what CI runs; also installs slicer-core,
+#                   Slicer's MRML libraries, about 1 GB, for the Slicer module's scene tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,7 +13,9 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 setup() {
-    local stamp="$VENV/.lnnode-installed"
+    # $1: the extras to install (test: pytest, ruff...; slicer: slicer-core for the Slicer module's scene tests)
+    local extras="$1"
+    local stamp="$VENV/.lnnode-installed-${extras//,/-}"
     local want
     want="$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -21,14 +24,14 @@ setup() {
     echo "== installing lnnode into $VENV (first run takes a few minutes)"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[test]"
+    "$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[$extras]"
     echo "$want" > "$stamp"
 }
 
 cmd="${1:-}"
 case "$cmd" in
     demo)
-        setup
+        setup test
         # the monailabel CLI runs the `python` on PATH: use the venv's
         export PATH="$PWD/$VENV/bin:$PATH"
         studies="${LNNODE_DEMO_STUDIES:-demo/studies}"
@@ -40,7 +43,7 @@ case "$cmd" in
             --host 127.0.0.1 --port "${PORT:-8000}" --conf device cpu
         ;;
     test)
-        setup
+        setup test,slicer
         export PATH="$PWD/$VENV/bin:$PATH"
         ruff check .
         exec python -m pytest -q "${@:2}"

@@ -145,3 +145,18 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
         parts.append(head.encode() + content + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def fake_result(n: int = 3) -> dict:
+    """A small valid pipeline result (three nodes, LPS) for tests that need no server."""
+    nodes = [
+        {"id": f"n{i + 1}", "center": [10.0 * i, -5.0, 2.0], "size": [8.0, 7.0, 6.0], "detection_score": 0.9,
+         "p_metastasis": p, "uncertainty": 0.05, "short_axis_mm": 6.5, "long_axis_mm": 8.0,
+         "rules": {"size_10mm": "not_suspicious", "morphology": "indeterminate"}}
+        for i, p in enumerate([0.8, 0.2, 0.6][:n])
+    ]  # fmt: skip
+    return {
+        "schema": "lnnode.result/1", "image": "case1", "model": {"detector": "d@1", "classifier": "c@1"},
+        "coordinate_system": "LPS", "units": "mm", "nodes": nodes,
+        "summary": {"n_nodes": n, "n_suspicious": 2, "n_stage_hint": "N1"},
+    }  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 
 from lnnode.lib.phantoms import synthesize
 
-from .conftest import REPO
+from .conftest import REPO, fake_result
 
 sys.path.insert(0, str(REPO / "slicer_module" / "LymphNodeReview"))
 
@@ -35,20 +35,6 @@ def test_the_core_imports_neither_slicer_nor_qt():
     for path in LIB.glob("*.py"):
         text = path.read_text()
         assert "import slicer" not in text and "import qt" not in text and "from qt" not in text, path.name
-
-
-def fake_result(n: int = 3) -> dict:
-    nodes = [
-        {"id": f"n{i + 1}", "center": [10.0 * i, -5.0, 2.0], "size": [8.0, 7.0, 6.0], "detection_score": 0.9,
-         "p_metastasis": p, "uncertainty": 0.05, "short_axis_mm": 6.5, "long_axis_mm": 8.0,
-         "rules": {"size_10mm": "not_suspicious", "morphology": "indeterminate"}}
-        for i, p in enumerate([0.8, 0.2, 0.6][:n])
-    ]  # fmt: skip
-    return {
-        "schema": "lnnode.result/1", "image": "case1", "model": {"detector": "d@1", "classifier": "c@1"},
-        "coordinate_system": "LPS", "units": "mm", "nodes": nodes,
-        "summary": {"n_nodes": n, "n_suspicious": 2, "n_stage_hint": "N1"},
-    }  # fmt: skip
 
 
 def test_review_session_edits_undo_and_label():

@@ -19,9 +19,10 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError, probability_color
+from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError
 from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION
-from LymphNodeReviewLib.review import REJECTED, box_lps_to_ras, box_ras_to_lps
+from LymphNodeReviewLib.review import box_lps_to_ras, box_ras_to_lps
+from LymphNodeReviewLib.scene import read_review, review_rois, show_review
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -30,8 +31,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-NODE_ID_ATTRIBUTE = "LymphNodeReview.nodeId"
-REVIEW_PARAMETER = "LymphNodeReview.review"  # the review (JSON) kept in the scene: nothing is lost
+REVIEW_PARAMETER = "review"  # the review (JSON) in the module's parameter node: saved with the scene
 SETTINGS_URL = "LymphNodeReview/serverUrl"
 COLUMNS = ("id", "p_metastasis", "uncertainty", "short_axis_mm", "long_axis_mm", "size_rule", "morphology_rule",
            "class", "status")  # fmt: skip
@@ -106,40 +106,18 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.session = ReviewSession(result)
         return self.session
 
-    # scene
-    def clear_boxes(self) -> None:
-        for roi in self.rois.values():
-            slicer.mrmlScene.RemoveNode(roi)
-        self.rois = {}
-
+    # scene (LymphNodeReviewLib.scene does the work, on slicer.mrmlScene)
     def show_boxes(self) -> None:
         """One axis-aligned ROI per node (RAS), coloured by probability; rejected nodes hidden."""
-        self.clear_boxes()
-        for node in self.session.nodes:
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"LN {node.id}")
-            roi.SetAttribute(NODE_ID_ATTRIBUTE, node.id)
-            center, size = box_lps_to_ras(node.center, node.size)
-            roi.SetCenter(center)
-            roi.SetSize(size)
-            display = roi.GetDisplayNode()
-            display.SetSelectedColor(probability_color(node.p_metastasis))
-            display.SetColor(probability_color(node.p_metastasis))
-            roi.SetDisplayVisibility(node.status != REJECTED)
-            self.rois[node.id] = roi
+        self.rois = show_review(slicer.mrmlScene, self.session)
         self.keep_review_in_scene()
 
-    def sync_from_scene(self) -> None:
-        """Boxes the reader moved or resized with the ROI handles become moves in the review."""
-        for node_id, roi in self.rois.items():
-            node = self.session.node(node_id) if any(n.id == node_id for n in self.session.nodes) else None
-            if node is None:
-                continue
-            center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-            roi.GetCenter(center)
-            roi.GetSize(size)
-            lps_center, lps_size = box_ras_to_lps(center, size)
-            if max(abs(a - b) for a, b in zip(lps_center + lps_size, node.center + node.size)) > 1e-3:
-                self.session.move(node_id, lps_center, lps_size)
+    def sync_from_scene(self) -> list:
+        """Boxes moved, resized, deleted or placed ("LN new...") in the scene become review edits."""
+        changed = read_review(slicer.mrmlScene, self.session)
+        self.rois = review_rois(slicer.mrmlScene)
+        self.keep_review_in_scene()
+        return changed
 
     def add_box_at(self, center_ras, size_mm: float = 10.0, cls: str = "benign") -> str:
         center, size = box_ras_to_lps(center_ras, [size_mm] * 3)
@@ -155,10 +133,10 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
 
     def keep_review_in_scene(self) -> None:
         if self.session is not None:
-            slicer.mrmlScene.SetAttribute(REVIEW_PARAMETER, self.session.to_json())
+            self.getParameterNode().SetParameter(REVIEW_PARAMETER, self.session.to_json())
 
     def restore_review_from_scene(self) -> ReviewSession | None:
-        text = slicer.mrmlScene.GetAttribute(REVIEW_PARAMETER)
+        text = self.getParameterNode().GetParameter(REVIEW_PARAMETER)
         self.session = ReviewSession.from_json(text) if text else None
         return self.session
 
