@@ -60,24 +60,32 @@ def log(msg: str) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def make_data(out: Path, n_pool: int, n_test: int, n_seed: int) -> tuple[Path, Path, Path]:
-    """(pool truth folder, held-out folder, seed studies folder)."""
+def make_data(out: Path, n_pool: int, n_test: int, n_seed: int, real_share: float = 0.0) -> tuple[Path, Path, Path]:
+    """(pool truth folder, held-out folder, seed studies folder). With ``real_share`` that share of the
+    pool and of the held-out set are real CT backgrounds with inserted nodes (``realct_*``): a second
+    kind of case the seed set (synthetic only) has not shown the models."""
     truth, heldout, seed_studies = out / "pool_truth", out / "heldout", out / "seed" / "studies"
+    n_pool_real, n_test_real = int(round(n_pool * real_share)), int(round(n_test * real_share))
+    real = {"modality": "ct", "background": "real", "prefix": "realct_"}
     if not (truth / "synth_manifest.json").exists():
-        synthesize(truth, n_pool, seed=3030, **PHANTOM)
+        synthesize(truth, n_pool - n_pool_real, seed=3030, **PHANTOM)
+        if n_pool_real:
+            synthesize(truth, n_pool_real, seed=3032, **real)
     if not (heldout / "synth_manifest.json").exists():
-        synthesize(heldout, n_test, seed=3031, **PHANTOM)
+        synthesize(heldout, n_test - n_test_real, seed=3031, **PHANTOM)
+        if n_test_real:
+            synthesize(heldout, n_test_real, seed=3033, **real)
     if not seed_studies.exists():
         (seed_studies / "labels" / "final").mkdir(parents=True)
-        for image in sorted(truth.glob("ct_*.nii.gz")):
-            shutil.copy(image, seed_studies / image.name)  # images only: the truth stays hidden
-        for image_id in pool_ids(truth)[:n_seed]:
+        for image_id in pool_ids(truth):
+            shutil.copy(truth / f"{image_id}.nii.gz", seed_studies)  # images only: the truth stays hidden
+        for image_id in pool_ids(truth)[:n_seed]:  # synthetic cases sort first: the seed set is synthetic
             shutil.copy(truth / "labels" / "final" / f"{image_id}.json", seed_studies / "labels" / "final")
     return truth, heldout, seed_studies
 
 
 def pool_ids(truth: Path) -> list[str]:
-    return sorted(p.name[: -len(".nii.gz")] for p in truth.glob("ct_*.nii.gz"))
+    return sorted(p.name[: -len(".nii.gz")] for p in truth.glob("*.nii.gz"))
 
 
 def train_seed_models(seed_studies: Path, models: Path, det_epochs: int, cls_epochs: int) -> None:
@@ -266,6 +274,12 @@ def main() -> int:
     parser.add_argument("--det-epochs", type=int, default=10, help="detector fine-tuning epochs per round")
     parser.add_argument("--cls-epochs", type=int, default=10, help="classifier fine-tuning epochs per round")
     parser.add_argument("--val-split", type=float, default=0.25, help="validation share of the labelled cases")
+    parser.add_argument(
+        "--real-share",
+        type=float,
+        default=0.0,
+        help="share of pool and held-out cases on real CT backgrounds (a second kind of case)",
+    )
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")
     args = parser.parse_args()
@@ -276,10 +290,14 @@ def main() -> int:
         args.det_epochs, args.cls_epochs, args.seed_det_epochs, args.seed_cls_epochs = 1, 2, 2, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases)
+    truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases, args.real_share)
     train_seed_models(seed_studies, out / "seed" / "models", args.seed_det_epochs, args.seed_cls_epochs)
     report = {
-        "data": f"synthetic CT phantoms {PHANTOM}; pool {args.pool} (seed set {args.seed_cases}), held-out {args.test}",
+        "data": (
+            f"CT phantoms: synthetic {PHANTOM}, and a {args.real_share:.0%} share on real TotalSegmentator CT "
+            f"backgrounds with inserted nodes; pool {args.pool} (seed set {args.seed_cases}, synthetic), "
+            f"held-out {args.test}"
+        ),
         "settings": vars(args),
         "hit_criterion": "IoU >= 0.1 (detection CPM and the simulated reader's matching)",
         "arms": {},

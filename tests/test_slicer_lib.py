@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "slicer_module" / "LymphNodeReview"))
 
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError, probability_color  # noqa: E402
 from LymphNodeReviewLib.review import ACCEPTED, PENDING, REJECTED, box_lps_to_ras, box_ras_to_lps  # noqa: E402
+from LymphNodeReviewLib.saliency import write_saliency_maps  # noqa: E402
 
 LIB = REPO / "slicer_module" / "LymphNodeReview" / "LymphNodeReviewLib"
 
@@ -124,6 +125,18 @@ def test_review_against_the_real_server(start_server, studies, tmp_path):
 
     uploaded = client.upload_image(str(studies / "ct_001.nii.gz"), "uploaded_case")
     assert uploaded == "uploaded_case"
+    assert client.channel_suffixes() == []  # the demo models read one sequence
+
+    # saliency maps come back as files Slicer can overlay, where the node is
+    from lnnode.lib.geometry import ImageGeometry
+    from lnnode.lib.imageio import read_sitk
+
+    result = client.run_pipeline(case["id"], {"saliency": True})
+    paths = write_saliency_maps(result, str(tmp_path))
+    assert sorted(paths) == sorted(n["id"] for n in result["nodes"] if "saliency" in n) and paths
+    node = next(n for n in result["nodes"] if n["id"] in paths)
+    geometry = ImageGeometry.from_sitk(read_sitk(paths[node["id"]]))
+    assert geometry.contains_index(geometry.world_to_index(node["center"]))
 
 
 def test_server_down_is_said_in_words_and_nothing_is_lost(tmp_path):

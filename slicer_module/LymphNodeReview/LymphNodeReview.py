@@ -22,6 +22,7 @@ import vtk
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError
 from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION
 from LymphNodeReviewLib.review import box_lps_to_ras, box_ras_to_lps
+from LymphNodeReviewLib.saliency import write_saliency_maps
 from LymphNodeReviewLib.scene import read_review, review_rois, show_review
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -62,7 +63,10 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.session: ReviewSession | None = None
         self.image_id: str | None = None
         self.volume = None
+        self.sequences: list = []
         self.rois: dict = {}
+        self.saliency_paths: dict = {}
+        self.saliency_volume = None
 
     # server
     def connect(self, url: str) -> dict:
@@ -77,16 +81,28 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
     # cases
     def load_next_case(self, strategy: str = "uncertain") -> str | None:
         """Ask the strategy for a case and load it (all its sequences); None when none is left."""
+        fetched = self.fetch_next_case(strategy)
+        return self.load_fetched(*fetched) if fetched else None
+
+    def fetch_next_case(self, strategy: str = "uncertain") -> tuple[str, list[str]] | None:
+        """The next case's id and local files (the image, then its other sequences ``<id><suffix>``).
+        Network only, no scene: safe to run off the GUI thread."""
         server = self._require_server()
         case = server.next_case(strategy)
         if not case:
             return None
+        folder = tempfile.mkdtemp(prefix="lnnode-")
         path = case.get("path")
         if not (path and os.path.exists(path)):  # a remote server: download it
-            path = server.download_image(case["id"], tempfile.mkdtemp(prefix="lnnode-"))
-        self.volume = slicer.util.loadVolume(path)
-        self.image_id = case["id"]
-        return self.image_id
+            path = server.download_image(case["id"], folder)
+        others = [server.download_image(case["id"] + suffix, folder) for suffix in server.channel_suffixes()]
+        return case["id"], [path, *others]
+
+    def load_fetched(self, image_id: str, paths: list[str]) -> str:
+        self.volume = slicer.util.loadVolume(paths[0])
+        self.sequences = [slicer.util.loadVolume(p) for p in paths[1:]]
+        self.image_id = image_id
+        return image_id
 
     def use_volume(self, volume_node, image_id: str) -> str:
         """Review a volume already in Slicer: it is uploaded to the server's datastore under ``image_id``."""
@@ -104,7 +120,20 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
             raise ServerError("load a case first")
         result = self._require_server().run_pipeline(self.image_id, params or {})
         self.session = ReviewSession(result)
+        self.saliency_paths = write_saliency_maps(result, tempfile.mkdtemp(prefix="lnnode-saliency-"))
         return self.session
+
+    def show_saliency(self, node_id: str, opacity: float = 0.4) -> bool:
+        """Overlay a node's saliency map (when the server returned one) in the slice views."""
+        path = self.saliency_paths.get(node_id)
+        if not path:
+            return False
+        if self.saliency_volume is not None:
+            slicer.mrmlScene.RemoveNode(self.saliency_volume)
+        self.saliency_volume = slicer.util.loadVolume(path, {"show": False})
+        self.saliency_volume.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileHotToColdRainbow.txt")
+        slicer.util.setSliceViewerLayers(foreground=self.saliency_volume, foregroundOpacity=opacity)
+        return True
 
     # scene (LymphNodeReviewLib.scene does the work, on slicer.mrmlScene)
     def show_boxes(self) -> None:
@@ -246,23 +275,19 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNextCase(self):
         strategy = self.ui.strategyCombo.currentText or "uncertain"
-        server = self.logic.server
-        if server is None:
+        if self.logic.server is None:
             self._say("connect first")
             return
-        # the case is chosen in the background; loading the volume happens in the GUI thread
-        self._start("asking for the next case", lambda: server.next_case(strategy), self._loadCase)
+        # choosing and downloading run in the background; loading the volumes in the GUI thread
+        self._start("fetching the next case", lambda: self.logic.fetch_next_case(strategy), self._loadCase)
 
-    def _loadCase(self, case):
-        if not case:
+    def _loadCase(self, fetched):
+        if not fetched:
             self._say("no unreviewed case left")
             return
-        path = case.get("path")
-        if not (path and os.path.exists(path)):
-            path = self.logic.server.download_image(case["id"], tempfile.mkdtemp(prefix="lnnode-"))
-        self.logic.volume = slicer.util.loadVolume(path)
-        self.logic.image_id = case["id"]
-        self._say(f"case {case['id']} loaded: Run to see its nodes")
+        image_id = self.logic.load_fetched(*fetched)
+        extra = f" with {len(self.logic.sequences)} more sequence(s)" if self.logic.sequences else ""
+        self._say(f"case {image_id} loaded{extra}: Run to see its nodes")
 
     def onUseVolume(self):
         volume = self.ui.volumeSelector.currentNode()
@@ -306,6 +331,8 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node_id = self._selected()
         if node_id:
             self.logic.jump_to(node_id)
+            if self.ui.saliencyCheck.checked:
+                self.logic.show_saliency(node_id)
 
     def _edit(self, action: str):
         node_id = self._selected()

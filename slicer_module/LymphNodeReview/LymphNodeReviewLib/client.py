@@ -145,3 +145,8 @@ class LymphNodeServer:
 
     def models(self) -> list[str]:
         return sorted(self.info().get("models", {}))
+
+    def channel_suffixes(self, info: dict[str, Any] | None = None) -> list[str]:
+        """The extra sequences a case is read with (``case`` + ``_dwi``...); [] for single-sequence models."""
+        models = (info or self.info()).get("models", {})
+        return list(models.get(PIPELINE, {}).get("channel_suffixes", []))

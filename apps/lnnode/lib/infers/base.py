@@ -102,6 +102,8 @@ class CheckpointInferTask(BasicInferTask):
         try:
             checkpoint = self.checkpoint()
             info["weights"] = {"path": checkpoint.path, "training": checkpoint.meta.get("training", {})}
+            # a multi-sequence model reads <id><suffix> images too: a client loads them with the case
+            info["channel_suffixes"] = list(checkpoint.meta.get("preprocessing", {}).get("channel_suffixes", []))
         except ModelNotReady as e:
             info["weights"] = {"path": None, "status": e.detail}
         return info

@@ -86,6 +86,7 @@ class NodePipeline(BasicInferTask):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["stages"] = {"detector": self.detection.name, "classifier": getattr(self.classification, "name", None)}
+        info["channel_suffixes"] = self.detection.info().get("channel_suffixes", [])
         return info
 
     def _classify(self, request: dict, nodes: list[dict], warnings: list[str]) -> tuple[list[dict], str | None]:
