@@ -1,0 +1,52 @@
+"""Faults the server survives: a corrupt checkpoint at a model path leaves the other models working,
+says which model is unusable and why, and one rollback command restores the previous model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lnnode.lib.phantoms import synthesize
+
+from .conftest import APP_DIR
+
+pytestmark = pytest.mark.server
+
+
+def test_corrupt_checkpoint_is_reported_others_keep_working_and_rollback_restores(start_server, tmp_path):
+    studies = tmp_path / "studies"
+    synthesize(studies, 1, modality="ct", seed=5, shape=(96, 96, 32), spacing=(1.5, 1.5, 2.0))
+    models = tmp_path / "models"
+    models.mkdir()
+    demo = APP_DIR / "model" / "demo" / "lymph_node_classification.pt"
+    shutil.copy(demo, models / "lymph_node_classification.previous.pt")  # the model before a bad publish
+    (models / "lymph_node_classification.pt").write_bytes(b"PK\x03\x04 half a zip file")  # the bad one
+
+    server = start_server(studies, model_dir=str(models), device="cpu")
+    status, info = server.request("GET", "/info/")
+    assert status == 200
+    weights = info["models"]["lymph_node_classification"]["weights"]
+    assert weights["path"] is None and "unusable" in weights["status"], weights
+
+    # the classifier answers 503 with the reason; detection and the pipeline keep working
+    status, body = server.request("POST", "/infer/lymph_node_classification?image=ct_000&output=json")
+    assert status in (422, 503), body
+    status, result = server.request("POST", "/infer/lymph_node_detection?image=ct_000&output=json")
+    assert status == 200 and result["nodes"], result
+    status, result = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000&output=json")
+    assert status == 200 and any("unusable" in w for w in result.get("warnings", [])), result
+    assert all("p_metastasis" not in n for n in result["nodes"])
+
+    cmd = [sys.executable, "-m", "lnnode.lib.cli", "rollback", "lymph_node_classification", "--model-dir", str(models)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    status, result = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000&output=json")
+    assert status == 200 and "warnings" not in result, json.dumps(result)[:500]
+    assert all(0.0 <= n["p_metastasis"] <= 1.0 for n in result["nodes"])
+    status, info = server.request("GET", "/info/")
+    served = info["models"]["lymph_node_classification"]["weights"]["path"]
+    assert served == str(models / "lymph_node_classification.pt")
