@@ -23,6 +23,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from lib import imageio
 from lib.activelearning import Uncertain
 from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, infer_config, task_configs
 from lib.datastore import LnnodeDatastore
@@ -34,6 +35,22 @@ from lib.scoring import NodeUncertaintyScoring
 logger = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
+
+
+def _answer_bad_json_with_400() -> None:
+    """MONAI Label's endpoints parse the ``params`` form field themselves, before the app sees the
+    request, and answer malformed JSON with a 500. Register a 400 for it on the server's FastAPI app
+    (the app is built before this app object exists: the middleware stack is rebuilt on the next
+    request to take the handler in)."""
+    from fastapi.responses import JSONResponse
+    from monailabel.app import app as server
+
+    async def bad_json(request, exc: json.JSONDecodeError):
+        return JSONResponse(status_code=400, content={"detail": f"params is not valid JSON: {exc}"})
+
+    if json.JSONDecodeError not in server.exception_handlers:
+        server.add_exception_handler(json.JSONDecodeError, bad_json)
+        server.middleware_stack = None
 
 
 class LymphNodeApp(MONAILabelApp):
@@ -65,6 +82,9 @@ class LymphNodeApp(MONAILabelApp):
             raise ValueError(f"--conf auto_train_every / auto_train_params: {e}") from None
         if not isinstance(self.auto_train_params, dict):
             raise ValueError("--conf auto_train_params must be a JSON object, e.g. '{\"max_epochs\": 5}'")
+        if conf.get("max_image_voxels"):
+            # every reader (server, training and scoring processes) gets the same conf: one limit
+            imageio.MAX_IMAGE_VOXELS = int(conf["max_image_voxels"])
         self.auto_train_models = [m.strip() for m in (conf.get("auto_train_models") or "").split(",") if m.strip()]
         self._labels_since_training = 0
 
@@ -198,6 +218,11 @@ class LymphNodeApp(MONAILabelApp):
                 params = {m: dict(self.auto_train_params) for m in models}
                 answer["training"] = self.async_training(models, params=params, enqueue=True)
         return answer
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        if self._server_mode:
+            _answer_bad_json_with_400()
 
     def async_scoring(self, method, params=None):
         # a training process asks the server to re-score once it has published; MONAI Label posts to

@@ -38,7 +38,7 @@ from .atomic import atomic_copy, atomic_write_text
 from .contracts import ContractError, check_label_in_image, parse_label, parse_result
 from .errors import NotFound, RequestError, Unprocessable
 from .geometry import ImageGeometry
-from .imageio import ImageError, image_suffix, read_sitk
+from .imageio import ImageError, image_suffix, read_image, read_sitk
 from .review import review_stats
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
 LABEL_PATTERNS = (*IMAGE_PATTERNS, "*.json")
 HISTORY_DIR = ".history"
+MAX_LABEL_JSON_BYTES = 5_000_000  # a review of even thousands of nodes is far smaller
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
@@ -138,7 +139,7 @@ class LnnodeDatastore(LocalDatastore):
         image_id = image_id or os.path.basename(image_filename)[: -len(suffix)]
         check_name(image_id, "image id")
         try:
-            read_sitk(image_filename)
+            read_image(image_filename, require_content=True)
         except ImageError as e:
             raise Unprocessable(f"image {image_id!r} was not stored: {e.reason}") from None
 
@@ -186,6 +187,13 @@ class LnnodeDatastore(LocalDatastore):
     # -- labels -------------------------------------------------------------------------------------
     def _validate_label_file(self, image_id: str, label_filename: str, tag: str, suffix: str) -> None:
         if suffix == ".json":
+            size = os.path.getsize(label_filename)
+            if size > MAX_LABEL_JSON_BYTES:
+                raise RequestError(
+                    f"label for {image_id!r} was not stored: {size:,} bytes, over the limit of "
+                    f"{MAX_LABEL_JSON_BYTES:,} for a label JSON",
+                    status_code=413,
+                )
             with open(label_filename, "rb") as f:
                 data = f.read()
             try:

@@ -24,12 +24,18 @@ __all__ = [
     "image_suffix",
     "read_sitk",
     "read_image",
+    "check_content",
+    "MAX_IMAGE_VOXELS",
     "sitk_to_array",
     "array_to_sitk",
     "write_image",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# the largest volume read (voxels); the server sets it from --conf max_image_voxels. 6e8 voxels is
+# 2.4 GB as float32: a 512 x 512 x 2000 whole-body CT fits, an absurd upload does not
+MAX_IMAGE_VOXELS = int(os.environ.get("LNNODE_MAX_IMAGE_VOXELS", "600000000"))
+SPACING_RANGE_MM = (1e-3, 100.0)  # outside it a voxel size is a broken header, not a scanner
 
 
 class ImageError(ValueError):
@@ -110,6 +116,8 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Im
     p = str(path)
     if not os.path.exists(p):
         raise ImageError(p, "no such file or folder")
+    if not os.path.isdir(p):
+        _check_header(p)
     if image_suffix(p) in (".nii", ".nii.gz"):
         nonfinite = _check_nifti(p)
         if nonfinite and not allow_nonfinite:
@@ -135,7 +143,37 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Im
         ImageGeometry.from_sitk(image)
     except GeometryError as e:
         raise ImageError(p, str(e)) from None
+    _check_size_and_spacing(p, image.GetSize(), image.GetSpacing())
     return image
+
+
+def _check_size_and_spacing(path: str, size, spacing) -> None:
+    voxels = int(np.prod([int(s) for s in size], dtype=np.int64))
+    if voxels > MAX_IMAGE_VOXELS:
+        raise ImageError(path, f"has {voxels:,} voxels {tuple(size)}, over the limit of {MAX_IMAGE_VOXELS:,}")
+    lo, hi = SPACING_RANGE_MM
+    if any(not lo <= float(s) <= hi for s in spacing[:3]):
+        shown = tuple(round(float(s), 6) for s in spacing)
+        raise ImageError(path, f"has voxel spacing {shown} mm, outside {lo}-{hi} mm")
+
+
+def _check_header(path: str) -> None:
+    """Size and spacing from the header, before any voxel is read (an oversized upload costs nothing)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: the full read says why
+    _check_size_and_spacing(path, reader.GetSize(), reader.GetSpacing())
+
+
+def check_content(path: str | os.PathLike, array: np.ndarray) -> None:
+    """An image (not a mask) must hold something: a volume with one value everywhere is refused."""
+    finite = array[np.isfinite(array)]
+    if finite.size == 0 or float(finite.min()) == float(finite.max()):
+        value = "no finite value" if finite.size == 0 else f"the value {float(finite.min()):g} everywhere"
+        raise ImageError(path, f"holds {value}: there is nothing to find in it")
 
 
 def sitk_to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
@@ -155,13 +193,18 @@ def array_to_sitk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike, allow_nonfinite: bool = False) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a 3D image as a float32 (i, j, k) array and its geometry."""
+def read_image(
+    path: str | os.PathLike, allow_nonfinite: bool = False, require_content: bool = False
+) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D image as a float32 (i, j, k) array and its geometry. ``require_content``: refuse a
+    volume with one value everywhere (an image to look at, not a mask)."""
     image = read_sitk(path, allow_nonfinite)
     array = sitk_to_array(image)
     if not allow_nonfinite and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ImageError(path, f"{bad} of {array.size} voxels are NaN or infinite")
+    if require_content:
+        check_content(path, array)
     return array, ImageGeometry.from_sitk(image)
 
 

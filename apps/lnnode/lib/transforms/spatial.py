@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..geometry import ImageGeometry
-from ..imageio import ImageError, array_to_sitk, read_image
+from ..imageio import array_to_sitk, read_image
 
 __all__ = ["grid_for", "resample_to_grid", "body_box", "LoadVolumed", "ResampleToGridd", "CropToBodyd"]
 
@@ -90,14 +90,12 @@ class LoadVolumed(MapTransform):
             channels = []
             geometry = None
             for path in paths:
-                array, g = read_image(path)
+                array, g = read_image(path, require_content=True)
                 if geometry is None:
                     geometry = g
                 elif g != geometry:
                     array = resample_to_grid(array, g, geometry, fill=float(array.min()))
                 channels.append(array)
-            if float(np.ptp(channels[0])) == 0.0:
-                raise ImageError(paths[0], f"every voxel has the same value ({channels[0].flat[0]:g}): nothing to see")
             d[key] = np.stack(channels)
             d[f"{key}_geometry"] = geometry
         return d
