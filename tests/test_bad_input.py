@@ -91,6 +91,12 @@ def test_bad_images_labels_and_requests_are_refused_in_words(start_server, bad_i
     data, headers = multipart({"params": json.dumps({"suspicious_by": "astrology"})}, {})
     status, answer = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000", data, headers)
     assert status == 400 and "suspicious_by" in str(answer), answer
+    bad_params = [{"score_thresh": "abc"}, {"tta": "x"}, {"tta": 9}, {"p_thresh": -1}, {"max_boxes": -3},
+                  {"nms_thresh": 5}, {"saliency": "maybe"}, {"device": "gpu please"}, {"max_boxes": 2.5}]  # fmt: skip
+    for params in bad_params:
+        data, headers = multipart({"params": json.dumps(params)}, {})
+        status, answer = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000", data, headers)
+        assert status == 400 and next(iter(params)) in str(answer), (params, status, answer)
     status, answer = server.request("POST", "/activelearning/psychic", b"{}", {"Content-Type": "application/json"})
     assert status == 404 and "uncertain" in str(answer)
 

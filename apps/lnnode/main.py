@@ -29,6 +29,7 @@ from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, i
 from lib.datastore import LnnodeDatastore
 from lib.errors import NotFound, RequestError
 from lib.infers.pipeline import NodePipeline
+from lib.params import check_infer_params
 from lib.review import summarise_reviews
 from lib.scoring import NodeUncertaintyScoring
 
@@ -173,6 +174,7 @@ class LymphNodeApp(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         self._known("model", request.get("model"), self._infers)
+        check_infer_params(request)
         image = request.get("image")
         self._check_image(image, datastore or self.datastore())
         request = dict(request)
