@@ -50,3 +50,50 @@ def test_corrupt_checkpoint_is_reported_others_keep_working_and_rollback_restore
     status, info = server.request("GET", "/info/")
     served = info["models"]["lymph_node_classification"]["weights"]["path"]
     assert served == str(models / "lymph_node_classification.pt")
+
+
+def test_training_killed_mid_run_leaves_the_served_model_and_the_next_training_runs(start_server, tmp_path):
+    import hashlib
+    import os
+    import signal
+    import time
+
+    studies = tmp_path / "studies"
+    synthesize(studies, 2, modality="ct", seed=6, shape=(64, 64, 24), spacing=(1.5, 1.5, 2.5))
+    models = tmp_path / "models"
+    server = start_server(studies, model_dir=str(models), device="cpu")
+    demo = APP_DIR / "model" / "demo" / "lymph_node_detection.pt"
+    before = hashlib.sha256(demo.read_bytes()).hexdigest()
+    _, reference = server.request("POST", "/infer/lymph_node_detection?image=ct_000&output=json")
+
+    def train(params):
+        status, body = server.request("POST", "/train/lymph_node_detection", json.dumps(params).encode(),
+                                      {"Content-Type": "application/json"})  # fmt: skip
+        assert status == 200, body
+
+    train({"max_epochs": 500, "init": "current", "val_split": 0.0, "patches_per_image": 1})
+    stats_file = models / "lymph_node_detection_train_stats.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not stats_file.exists():
+        time.sleep(0.5)
+    assert stats_file.exists(), "the training wrote its first epoch's stats"
+    os.kill(json.loads(stats_file.read_text())["pid"], signal.SIGKILL)  # mid-run, as an OOM kill would
+    deadline = time.time() + 60
+    while time.time() < deadline and server.request("GET", "/train/")[1].get("status") == "RUNNING":
+        time.sleep(0.5)
+
+    status, info = server.request("GET", "/info/")
+    stats = info["train_stats"]["lymph_node_detection"]
+    assert stats["status"] == "interrupted" and "unchanged" in stats["reason"], stats
+    assert not (models / "lymph_node_detection.pt").exists(), "nothing was published"
+    assert hashlib.sha256(demo.read_bytes()).hexdigest() == before
+    _, again = server.request("POST", "/infer/lymph_node_detection?image=ct_000&output=json")
+    assert again["nodes"] == reference["nodes"], "the served model answers as before"
+
+    train({"max_epochs": 1, "init": "current", "val_split": 0.0, "patches_per_image": 1})
+    deadline = time.time() + 300
+    while time.time() < deadline and server.request("GET", "/train/")[1].get("status") in ("RUNNING", "SUBMITTED"):
+        time.sleep(1)
+    status, info = server.request("GET", "/info/")
+    assert info["train_stats"]["lymph_node_detection"]["status"] == "published"
+    assert (models / "lymph_node_detection.pt").exists()

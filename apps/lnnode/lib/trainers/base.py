@@ -45,6 +45,18 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LnnodeTrainTask(BasicTrainTask):
     """BasicTrainTask that publishes lnnode checkpoints (``checkpoint_task``) ranked by ``metric_name``."""
 
@@ -74,6 +86,17 @@ class LnnodeTrainTask(BasicTrainTask):
             labels=labels,
             tracking=None,
         )
+
+    def stats(self):
+        """The last run's stats; a run still marked running whose process is gone says it was interrupted."""
+        stats = super().stats()
+        if stats.get("status") == "running" and not _alive(stats.get("pid")):
+            stats["status"] = "interrupted"
+            stats["reason"] = (
+                f"the training process ended without finishing (killed or crashed) after epoch {stats.get('epoch')}; "
+                "the served model is unchanged"
+            )
+        return stats
 
     # -- data and initial weights -------------------------------------------------------------------
     def _served_checkpoint(self, request) -> Checkpoint | None:

@@ -174,6 +174,7 @@ class PublishBestModel:
         best = self.best_metric if np.isfinite(self.best_metric) else None
         return {
             "run_id": self.context.run_id,
+            "pid": os.getpid(),  # the training process: a "running" run whose process is gone was interrupted
             "status": self.status,
             "reason": self.reason,
             "epoch": trainer.state.epoch,
