@@ -97,3 +97,51 @@ def test_training_killed_mid_run_leaves_the_served_model_and_the_next_training_r
     status, info = server.request("GET", "/info/")
     assert info["train_stats"]["lymph_node_detection"]["status"] == "published"
     assert (models / "lymph_node_detection.pt").exists()
+
+
+def test_server_killed_while_labels_are_written_leaves_a_consistent_datastore(start_server, tmp_path):
+    """Labels are PUT in a loop while the server is SIGKILLed at random moments; after each restart
+    every stored label (current and earlier versions) is a whole, valid label and the datastore reads."""
+    import random
+    import signal
+    import threading
+    import time
+
+    from lnnode.lib.contracts import parse_label
+
+    from .conftest import multipart
+
+    studies = tmp_path / "studies"
+    synthesize(studies, 2, modality="ct", seed=7, shape=(64, 64, 24), spacing=(1.5, 1.5, 2.5), label_tag="truth")
+    truth = json.loads((studies / "labels" / "truth" / "ct_000.json").read_text())
+    rng = random.Random(0)
+    for attempt in range(3):
+        server = start_server(studies, model_dir=str(tmp_path / "models"), device="cpu")
+        stop = threading.Event()
+
+        def writer(server=server, stop=stop, attempt=attempt):
+            i = 0
+            while not stop.is_set():
+                label = {**truth, "reviewer": f"r{attempt}-{i}" + "x" * rng.randint(0, 200_000)}  # large, slow writes
+                data, headers = multipart({"params": "{}"}, {"label": ("ct_000.json", json.dumps(label).encode())})
+                try:
+                    server.request("PUT", "/datastore/label?image=ct_000&tag=final", data, headers)
+                except OSError:
+                    return
+                i += 1
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        time.sleep(rng.uniform(0.5, 2.0))
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        stop.set()
+        thread.join(timeout=30)
+
+        final = studies / "labels" / "final"
+        for path in [*final.glob("*.json"), *(final / ".history").glob("*.json")]:
+            parse_label(path.read_bytes())  # whole and valid, or this raises
+        json.loads((studies / "datastore_v2.json").read_text())
+    server = start_server(studies, model_dir=str(tmp_path / "models"), device="cpu")
+    status, info = server.request("GET", "/datastore/label/info?label=ct_000&tag=final")
+    assert status == 200 and info["history"], info
