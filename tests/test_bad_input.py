@@ -102,3 +102,24 @@ def test_bad_images_labels_and_requests_are_refused_in_words(start_server, bad_i
 
     status, result = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000&output=json")
     assert status == 200 and result["schema"] == "lnnode.result/1", "the server keeps serving"
+
+
+def test_symlinks_cannot_lead_out_of_the_studies_folder(start_server, tmp_path):
+    studies = tmp_path / "studies"
+    synthesize(studies, 1, modality="ct", seed=4, shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
+    outside = tmp_path / "outside"
+    synthesize(outside, 1, modality="ct", seed=5, shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
+    (studies / "leak.nii.gz").symlink_to(outside / "ct_000.nii.gz")  # an image that lives elsewhere
+    (studies / "labels" / "elsewhere").symlink_to(outside / "labels" / "final", target_is_directory=True)
+    before = sorted(p.name for p in (outside / "labels" / "final").iterdir())
+    server = start_server(studies, device="cpu")
+
+    status, body = server.request("GET", "/datastore/image?image=leak")
+    assert status == 403 and "outside the studies folder" in str(body), (status, str(body)[:200])
+    status, body = server.request("POST", "/infer/lymph_node_detection?image=leak&output=json")
+    assert status == 403, (status, str(body)[:200])
+    label = (studies / "labels" / "final" / "ct_000.json").read_bytes()
+    data, headers = multipart({"params": "{}"}, {"label": ("ct_000.json", label)})
+    status, body = server.request("PUT", "/datastore/label?image=ct_000&tag=elsewhere", data, headers)
+    assert status == 403, (status, body)
+    assert sorted(p.name for p in (outside / "labels" / "final").iterdir()) == before, "nothing written outside"

@@ -168,9 +168,19 @@ class LnnodeDatastore(LocalDatastore):
         self._object(image_id)
         super().remove_image(image_id)
 
+    def _inside(self, path: str, what: str) -> str:
+        """``path`` when it resolves inside the studies folder; a symlink pointing out is refused."""
+        if path and os.path.commonpath([os.path.realpath(path), self._root]) != self._root:
+            raise RequestError(f"{what} resolves outside the studies folder (a symlink?): refused", status_code=403)
+        return path
+
+    @property
+    def _root(self) -> str:
+        return os.path.realpath(self._datastore_path)
+
     def get_image_uri(self, image_id: str) -> str:
         check_name(image_id, "image id")
-        return super().get_image_uri(image_id)
+        return self._inside(super().get_image_uri(image_id), f"image {image_id!r}")
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         self._reload_if_changed()
@@ -234,6 +244,7 @@ class LnnodeDatastore(LocalDatastore):
 
         label_dir = self._datastore.label_path(tag)
         name = self._filename(image_id, suffix)
+        self._inside(os.path.join(label_dir, name), f"label folder {tag!r}")
         with FileLock(self._lock_file):
             self._reload_if_changed()
             obj = self._object(image_id)
@@ -273,7 +284,7 @@ class LnnodeDatastore(LocalDatastore):
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         check_name(label_id, "label id")
         check_name(label_tag, "label tag")
-        return super().get_label_uri(label_id, label_tag)
+        return self._inside(super().get_label_uri(label_id, label_tag), f"label {label_id!r} ({label_tag})")
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
         self._reload_if_changed()
