@@ -123,3 +123,11 @@ def test_symlinks_cannot_lead_out_of_the_studies_folder(start_server, tmp_path):
     status, body = server.request("PUT", "/datastore/label?image=ct_000&tag=elsewhere", data, headers)
     assert status == 403, (status, body)
     assert sorted(p.name for p in (outside / "labels" / "final").iterdir()) == before, "nothing written outside"
+
+    # nor written or deleted through one: an upload onto a dangling link, a delete of a linked image
+    (studies / "drop.nii.gz").symlink_to(outside / "dropped.nii.gz")
+    data, headers = multipart({"params": "{}"}, {"file": ("drop.nii.gz", (studies / "ct_000.nii.gz").read_bytes())})
+    status, body = server.request("PUT", "/datastore/image?image=drop", data, headers)
+    assert status == 403 and not (outside / "dropped.nii.gz").exists(), (status, body)
+    status, body = server.request("DELETE", "/datastore/image?id=leak")
+    assert status == 403 and (outside / "ct_000.nii.gz").exists(), (status, body)

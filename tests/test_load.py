@@ -36,17 +36,23 @@ def test_concurrent_pipeline_requests_and_infer_during_training(start_server, tm
     status, body = server.request("POST", "/train/lymph_node_detection", json.dumps(params).encode(),
                                   {"Content-Type": "application/json"})  # fmt: skip
     assert status == 200, body
+    stats_file = tmp_path / "models" / "lymph_node_detection_train_stats.json"
     deadline = time.time() + 120
-    while time.time() < deadline:
-        status, train = server.request("GET", "/train/")
-        if train.get("status") == "RUNNING":
-            break
-        time.sleep(1)
-    assert train.get("status") == "RUNNING", train
+    while time.time() < deadline and not stats_file.exists():  # the training process is under way
+        time.sleep(0.5)
+    status, train = server.request("GET", "/train/")
+    assert train.get("status") == "RUNNING" and stats_file.exists(), train
     assert pipeline("ct_000") == reference["ct_000"], "infer answers, unchanged, while a training runs"
     status, _ = server.request("DELETE", "/train/")
     assert status == 200
     deadline = time.time() + 60
     while time.time() < deadline and server.request("GET", "/train/")[1].get("status") == "RUNNING":
         time.sleep(1)
+    deadline = time.time() + 30  # the killed process takes a moment to go
+    while time.time() < deadline:
+        stats = server.request("GET", "/info/")[1]["train_stats"]["lymph_node_detection"]
+        if stats["status"] != "running":
+            break
+        time.sleep(0.5)
+    assert stats["status"] == "interrupted" and stats["epoch"] < 200, stats  # stopped, not finished
     assert not (tmp_path / "models" / "lymph_node_detection.pt").exists(), "a stopped training publishes nothing"

@@ -112,6 +112,7 @@ def test_review_against_the_real_server(start_server, studies, tmp_path):
     answer = client.submit_label(case["id"], session.to_label(reviewer="dr-test"))
     review = answer["review"]
     assert (review["relabelled"], review["rejected"], review["added"]) == (1, 1, 1)
+    assert review["edited"] == 0, "a relabelled node the reader did not move is not counted as moved"
     assert review["unreviewed"] == len(session.nodes) - 3
 
     # a label the server refuses comes back in words, and the review is still there to fix and resend

@@ -27,7 +27,7 @@ from LymphNodeReviewLib.scene import read_review, review_rois, show_review  # no
 def scene():
     s = slicer.vtkMRMLScene()
     for node in (slicer.vtkMRMLMarkupsROINode(), slicer.vtkMRMLMarkupsROIDisplayNode(),
-                 slicer.vtkMRMLMarkupsROIJsonStorageNode()):  # fmt: skip
+                 slicer.vtkMRMLMarkupsROIJsonStorageNode(), slicer.vtkMRMLLinearTransformNode()):  # fmt: skip
         s.RegisterNodeClass(node)
     return s
 
@@ -72,6 +72,18 @@ def test_scene_edits_become_the_label(scene, tmp_path):
     markup = json.loads((tmp_path / "n1.mrk.json").read_text())["markups"][0]
     assert markup["type"] == "ROI" and markup["coordinateSystem"] == "LPS"
     assert markup["center"] == pytest.approx(nodes["n1"]["center"]) and markup["size"] == pytest.approx([8, 7, 6])
+
+    # a box rotated in the scene is read as the world box that encloses it
+    import vtk
+
+    rotation = vtk.vtkTransform()
+    rotation.RotateZ(90)
+    rois = review_rois(scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(rotation.GetMatrix())
+    rois["n3"].SetAndObserveTransformNodeID(transform.GetID())
+    read_review(scene, session)
+    assert session.node("n3").size == pytest.approx([7.0, 12.0, 6.0]), "x and y extents swap under a 90 degree turn"
 
     # showing the review again hides the rejected box and keeps one ROI per node
     rois = show_review(scene, session)

@@ -47,7 +47,9 @@ def _answer_bad_json_with_400() -> None:
     from monailabel.app import app as server
 
     async def bad_json(request, exc: json.JSONDecodeError):
-        return JSONResponse(status_code=400, content={"detail": f"params is not valid JSON: {exc}"})
+        if request.method == "POST" or request.method == "PUT":  # a client's params or body
+            return JSONResponse(status_code=400, content={"detail": f"params is not valid JSON: {exc}"})
+        return JSONResponse(status_code=500, content={"detail": f"a server file is not valid JSON: {exc}"})
 
     if json.JSONDecodeError not in server.exception_handlers:
         server.add_exception_handler(json.JSONDecodeError, bad_json)
@@ -185,7 +187,7 @@ class LymphNodeApp(MONAILabelApp):
         # its results itself (the markups file is not a label)
         request["save_label"] = False
         answer = super().infer(request, datastore)
-        if request["model"] in (PIPELINE, DETECTION) and not os.path.isabs(image):
+        if request["model"] == PIPELINE and not os.path.isabs(image):
             self._keep_original(image, answer.get("params"), datastore or self.datastore())
         return answer
 

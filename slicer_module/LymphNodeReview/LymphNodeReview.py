@@ -68,6 +68,15 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.saliency_paths: dict = {}
         self.saliency_volume = None
 
+    def reset(self) -> None:
+        """Forget the current case's review, boxes and saliency maps (a new case is coming)."""
+        for roi in review_rois(slicer.mrmlScene).values():
+            slicer.mrmlScene.RemoveNode(roi)
+        if self.saliency_volume is not None:
+            slicer.mrmlScene.RemoveNode(self.saliency_volume)
+        self.session, self.rois, self.saliency_paths, self.saliency_volume = None, {}, {}, None
+        self.getParameterNode().SetParameter(REVIEW_PARAMETER, "")
+
     # server
     def connect(self, url: str) -> dict:
         self.server = LymphNodeServer(url)
@@ -99,18 +108,28 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return case["id"], [path, *others]
 
     def load_fetched(self, image_id: str, paths: list[str]) -> str:
+        self.reset()
         self.volume = slicer.util.loadVolume(paths[0])
         self.sequences = [slicer.util.loadVolume(p) for p in paths[1:]]
         self.image_id = image_id
         return image_id
 
-    def use_volume(self, volume_node, image_id: str) -> str:
-        """Review a volume already in Slicer: it is uploaded to the server's datastore under ``image_id``."""
-        server = self._require_server()
+    def save_volume(self, volume_node, image_id: str) -> tuple[str, str]:
+        """Write a volume loaded in Slicer to a temp file for upload (scene access: GUI thread)."""
         image_id = re.sub(r"[^A-Za-z0-9._+-]", "_", image_id).lstrip("._-") or "slicer_volume"  # a valid id
         path = os.path.join(tempfile.mkdtemp(prefix="lnnode-"), f"{image_id}.nrrd")
         slicer.util.saveNode(volume_node, path)
-        self.image_id = server.upload_image(path, image_id)
+        return image_id, path
+
+    def upload(self, image_id: str, path: str) -> str:
+        """Add the saved volume to the server's datastore (network only: any thread)."""
+        return self._require_server().upload_image(path, image_id)
+
+    def use_volume(self, volume_node, image_id: str) -> str:
+        """Review a volume already in Slicer: it is uploaded to the server's datastore under ``image_id``."""
+        image_id, path = self.save_volume(volume_node, image_id)
+        self.reset()
+        self.image_id = self.upload(image_id, path)
         self.volume = volume_node
         return self.image_id
 
@@ -170,15 +189,22 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return self.session
 
     # submit
-    def submit(self, reviewer: str, train_after: bool = False) -> dict:
-        """Send the review; on any failure the review stays in the scene to be sent again."""
+    def prepare_label(self, reviewer: str) -> dict:
+        """The scene's edits into the review, the review into the scene's parameter node, and the label
+        (scene access: GUI thread). The review stays there until a case is loaded, so nothing is lost."""
         self.sync_from_scene()
-        self.keep_review_in_scene()
-        answer = self._require_server().submit_label(self.image_id, self.session.to_label(reviewer=reviewer))
+        return self.session.to_label(reviewer=reviewer)
+
+    def send_label(self, label: dict, train_after: bool = False) -> dict:
+        """Submit (network only: any thread); optionally start training both models."""
+        answer = self._require_server().submit_label(self.image_id, label)
         if train_after:
             for model in (DETECTION, CLASSIFICATION):
                 answer.setdefault("training", {})[model] = self.server.start_training(model, {})
         return answer
+
+    def submit(self, reviewer: str, train_after: bool = False) -> dict:
+        return self.send_label(self.prepare_label(reviewer), train_after)
 
 
 # -- widget -------------------------------------------------------------------------------------------------
@@ -286,6 +312,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._say("no unreviewed case left")
             return
         image_id = self.logic.load_fetched(*fetched)
+        self._fillTable()
         extra = f" with {len(self.logic.sequences)} more sequence(s)" if self.logic.sequences else ""
         self._say(f"case {image_id} loaded{extra}: Run to see its nodes")
 
@@ -294,8 +321,15 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is None:
             self._say("select a volume")
             return
-        name = volume.GetName()
-        self._start("uploading", lambda: self.logic.use_volume(volume, name), lambda i: self._say(f"uploaded as {i}"))
+        image_id, path = self.logic.save_volume(volume, volume.GetName())  # GUI thread: scene access
+
+        def done(uploaded):
+            self.logic.reset()
+            self.logic.image_id, self.logic.volume = uploaded, volume
+            self._fillTable()
+            self._say(f"uploaded as {uploaded}: Run to see its nodes")
+
+        self._start("uploading", lambda: self.logic.upload(image_id, path), done)
 
     def onRun(self):
         params = {"saliency": bool(self.ui.saliencyCheck.checked)}
@@ -314,6 +348,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 value = row.get(key)
                 text = f"{value:.2f}" if isinstance(value, float) else ("" if value is None else str(value))
                 self.ui.nodeTable.setItem(r, c, qt.QTableWidgetItem(text))
+        self.ui.summaryLabel.text = ""
         if session:
             s = session.summary()
             self.ui.summaryLabel.text = (
@@ -366,7 +401,11 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSubmit(self):
         if self.logic.session is None:
             return
-        reviewer = self.ui.reviewerEdit.text.strip()
+        try:
+            label = self.logic.prepare_label(self.ui.reviewerEdit.text.strip())  # GUI thread: scene access
+        except ValueError as e:
+            self._say(f"not submitted: {e}")
+            return
         train = bool(self.ui.trainAfterCheck.checked)
 
         def done(answer):
@@ -374,8 +413,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._say(f"submitted: {r.get('corrections', 0)} corrections ({r.get('accepted', 0)} accepted, "
                       f"{r.get('rejected', 0)} rejected, {r.get('added', 0)} added)")  # fmt: skip
 
-        self.logic.sync_from_scene()
-        self._start("submitting", lambda: self.logic.submit(reviewer, train), done)
+        self._start("submitting", lambda: self.logic.send_label(label, train), done)
 
 
 # -- test (run inside Slicer: needs a running lnnode server, LNNODE_TEST_SERVER or 127.0.0.1:8000) -----------

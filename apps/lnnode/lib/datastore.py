@@ -77,23 +77,34 @@ class LnnodeDatastore(LocalDatastore):
         return {k: v for k, v in files.items() if not k.startswith(".") and not (is_image_dir and k.endswith(".json"))}
 
     # -- the datastore file: read-modify-write under the lock, atomic writes -------------------------
+    @staticmethod
+    def _identity(st: os.stat_result) -> tuple[int, int, int]:
+        # writes replace the file (atomic rename): a new inode, whatever the clock's resolution
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def _reload_if_changed(self) -> None:
         """Re-read the datastore file when another process wrote it (before a change: with the lock held)."""
         path = self._datastore_config_path
-        if not os.path.exists(path) or os.stat(path).st_mtime == self._config_ts:
+        try:
+            f = open(path)  # noqa: SIM115 - closed below; identity and content from the same open file
+        except FileNotFoundError:
             return
-        with open(path) as f:
+        with f:
+            seen = self._identity(os.fstat(f.fileno()))
+            if seen == getattr(self, "_seen", None):
+                return
             fresh = LocalDatastoreModel.model_validate_json(f.read())
         fresh.base_path = self._datastore_path
         self._datastore = fresh
-        self._config_ts = os.stat(path).st_mtime
+        self._seen = seen
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             self._ignore_event_config = True
             doc = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             atomic_write_text(self._datastore_config_path, doc)
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+            st = os.stat(self._datastore_config_path)
+            self._config_ts, self._seen = st.st_mtime, self._identity(st)
 
         if lock:
             with FileLock(self._lock_file):
@@ -154,7 +165,7 @@ class LnnodeDatastore(LocalDatastore):
             )
 
         name = self._filename(image_id, suffix)
-        dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
+        dest = self._inside(os.path.join(self._datastore.image_path(), name), f"image {image_id!r}")
         with FileLock(self._lock_file):
             self._reload_if_changed()
             atomic_copy(image_filename, dest)
@@ -166,6 +177,9 @@ class LnnodeDatastore(LocalDatastore):
 
     def remove_image(self, image_id: str) -> None:
         self._object(image_id)
+        self.get_image_uri(image_id)  # a symlink leading out of the studies folder is not followed: 403
+        for tag in self._object(image_id).labels:
+            self.get_label_uri(image_id, tag)
         super().remove_image(image_id)
 
     def _inside(self, path: str, what: str) -> str:

@@ -44,7 +44,7 @@ def _check(name: str, value: Any, spec: tuple) -> None:
         number = float(value) if kind == "float" else int(value)
         if isinstance(value, bool) or (kind == "int" and float(value) != number):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         expected = "a number" if kind == "float" else "an integer"
         raise RequestError(f"{name}: must be {expected}, got {value!r}") from None
     low, high = spec[1], spec[2]

@@ -1,7 +1,8 @@
 """What a radiologist changed in a case: a submitted label compared with the model's result for it.
 
 Each model node of the ``original`` result ends up in one of: accepted (kept, same box, same class),
-relabelled (class changed), edited (box moved or resized), rejected (a false positive), or
+relabelled (class changed), edited (box moved or resized: judged from the boxes, since the label's
+``edited`` flag marks relabelled nodes too), rejected (a false positive), or
 unreviewed (neither in the label's nodes nor in its rejected list). Nodes the reader placed are
 ``added``. ``corrections`` counts what the reader had to fix: relabelled + edited + rejected + added.
 A node both moved and relabelled counts in both. Without the original result only what the label
@@ -59,7 +60,8 @@ def review_stats(label: dict[str, Any], original: dict[str, Any] | None, p_thres
         if source is None:
             continue
         seen.add(node["from_node"])
-        moved = bool(node.get("edited")) or _box_changed(node, source)
+        # the box itself says whether it moved; ``edited`` also marks relabelled nodes (the contract)
+        moved = _box_changed(node, source)
         proposed_class = implied_class(source, p_thresh)
         relabelled = proposed_class is not None and node.get("class") not in (None, proposed_class)
         counts["edited"] += moved

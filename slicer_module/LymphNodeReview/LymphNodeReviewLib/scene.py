@@ -19,6 +19,14 @@ ADDED_PREFIX = "LN new"  # name of a box the reader placed with Slicer's own ROI
 CHANGE_TOLERANCE_MM = 1e-3
 
 
+def _world_box(roi: Any) -> tuple[list[float], list[float]]:
+    """An ROI's world (RAS) axis-aligned box as centre and size: right for a rotated ROI or one under a
+    transform too (its enclosing box), where the ROI's own centre and size are in its own frame."""
+    b = [0.0] * 6
+    roi.GetRASBounds(b)
+    return [(b[0] + b[1]) / 2, (b[2] + b[3]) / 2, (b[4] + b[5]) / 2], [b[1] - b[0], b[3] - b[2], b[5] - b[4]]
+
+
 def _rois(scene: Any) -> list:
     nodes = scene.GetNodesByClass(ROI_CLASS)
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
@@ -70,9 +78,7 @@ def read_review(scene: Any, session: ReviewSession, added_class: str = "benign")
                 session.reject(node.id)
                 changed.append(node.id)
             continue
-        center = [0.0, 0.0, 0.0]
-        roi.GetCenter(center)
-        lps_center, lps_size = box_ras_to_lps(center, list(roi.GetSize()))
+        lps_center, lps_size = box_ras_to_lps(*_world_box(roi))
         deltas = [abs(a - b) for a, b in zip(lps_center + lps_size, node.center + node.size)]
         if max(deltas) > CHANGE_TOLERANCE_MM:
             session.move(node.id, lps_center, lps_size)
@@ -80,9 +86,7 @@ def read_review(scene: Any, session: ReviewSession, added_class: str = "benign")
     for roi in _rois(scene):
         if roi.GetAttribute(NODE_ID_ATTRIBUTE) or not (roi.GetName() or "").startswith(ADDED_PREFIX):
             continue
-        center = [0.0, 0.0, 0.0]
-        roi.GetCenter(center)
-        lps_center, lps_size = box_ras_to_lps(center, list(roi.GetSize()))
+        lps_center, lps_size = box_ras_to_lps(*_world_box(roi))
         node_id = session.add(lps_center, lps_size, added_class)
         roi.SetAttribute(NODE_ID_ATTRIBUTE, node_id)
         changed.append(node_id)

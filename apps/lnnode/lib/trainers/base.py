@@ -8,6 +8,7 @@ previous model is kept), and honours an optional wall-clock budget (``max_train_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from abc import abstractmethod
 from typing import Any
 
 import numpy as np
+import psutil
 from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -45,16 +47,19 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _hash_fraction(image_id: str) -> float:
+    """A stable number in [0, 1) per image id (the same on every run and machine)."""
+    return int(hashlib.sha1(image_id.encode()).hexdigest()[:12], 16) / 16**12
+
+
 def _alive(pid: Any) -> bool:
+    """A running process (a killed one may linger as a zombie until it is reaped: not alive)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LnnodeTrainTask(BasicTrainTask):
@@ -126,11 +131,20 @@ class LnnodeTrainTask(BasicTrainTask):
         return datalist
 
     def partition_datalist(self, context: Context, shuffle: bool = True):
-        # shuffled with MONAI's fixed seed: validation mixes the kinds of cases, reproducibly
-        train, val = super().partition_datalist(context, shuffle)
-        if not train:  # a single labelled image: train on it, validate on it too
-            train = val
-        return train, val
+        """Validation images chosen by a hash of their id, not by a shuffle: as corrected cases
+        accumulate, an image stays on the side it was on, so the served model (trained before) was not
+        trained on the images that now judge it against the new one. At least one image trains; with
+        ``val_split`` > 0 at least one validates (a single labelled image does both)."""
+        items = list(context.datalist)
+        val_split = float(context.request.get("val_split", 0.2) or 0.0)
+        if val_split <= 0 or not items:
+            return items, []
+        if len(items) == 1:
+            return items, items
+        ranked = sorted(items, key=lambda item: _hash_fraction(item["id"]))
+        n_val = sum(_hash_fraction(item["id"]) < val_split for item in items)
+        n_val = min(max(n_val, 1), len(items) - 1)
+        return ranked[n_val:], ranked[:n_val]
 
     def load_path(self, output_dir, pretrained=True):
         return None  # initial weights come from the served checkpoint (see network())

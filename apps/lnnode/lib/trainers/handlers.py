@@ -103,6 +103,8 @@ class PublishBestModel:
         self.reason = ""
 
     def attach(self, trainer: Engine, evaluator: Engine | None) -> None:
+        # stats from the start: a run killed in its first epoch still shows (as interrupted)
+        trainer.add_event_handler(Events.STARTED, self._write_stats)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         trainer.add_event_handler(Events.COMPLETED, self._completed)
         trainer.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
