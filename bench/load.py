@@ -80,6 +80,7 @@ def main() -> int:
         begin = time.perf_counter()
         sequential = [infer(i) for i in images]
         sequential_s = time.perf_counter() - begin
+        peak_sequential = peak_rss_gb(server.pid)
         requests = [images[i % len(images)] for i in range(args.concurrency)]
         begin = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
@@ -100,7 +101,7 @@ def main() -> int:
                 "p50_s": float(np.percentile(concurrent, 50)),
                 "p95_s": float(np.percentile(concurrent, 95)),
             },
-            "server_peak_rss_gb": peak_rss_gb(server.pid),
+            "server_peak_rss_gb": {"after_one_at_a_time": peak_sequential, "after_concurrent": peak_rss_gb(server.pid)},
         }
     finally:
         server.terminate()
