@@ -105,6 +105,16 @@ class Server:
         except (ValueError, UnicodeDecodeError):
             return status, body
 
+    def wait_training(self, timeout: float = 600.0) -> dict:
+        """The training task's status once it is DONE or ERROR (TimeoutError after ``timeout`` s)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, train = self.request("GET", "/train/")
+            if status == 200 and train.get("status") in ("DONE", "ERROR"):
+                return train
+            time.sleep(2)
+        raise TimeoutError(f"training did not finish in {timeout:.0f} s")
+
     def stop(self) -> None:
         self.process.terminate()
         try:

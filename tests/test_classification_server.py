@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,6 @@ from .conftest import multipart
 pytestmark = pytest.mark.server
 
 TINY = {"crop_mm": 24.0, "crop_spacing": 1.5, "widths": [4, 8]}
-
-
-def wait_for_training(server, timeout: float = 600.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status, train = server.request("GET", "/train/")
-        if status == 200 and train.get("status") in ("DONE", "ERROR"):
-            return train
-        time.sleep(2)
-    raise TimeoutError("training did not finish")
 
 
 def post_json(server, path: str, body: dict):
@@ -65,7 +54,7 @@ def test_classifier_trained_via_train_is_served_and_the_pipeline_uses_it(start_s
     params = {"max_epochs": 2, "init": "scratch", "val_split": 0.5, "spec": TINY, "train_batch_size": 4}
     status, body = post_json(server, "/train/lymph_node_classification", params)
     assert status == 200, body
-    assert wait_for_training(server)["status"] == "DONE"
+    assert server.wait_training()["status"] == "DONE"
     stats = json.loads((models / "lymph_node_classification_train_stats.json").read_text())
     assert stats["status"] == "published", stats
     meta = load_checkpoint(models / "lymph_node_classification.pt", task="classification").meta

@@ -4,7 +4,6 @@ anisotropic grid, and a tiny /train/ run publishes a model the next infer uses w
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +84,7 @@ def test_tiny_training_via_train_endpoint_publishes_a_model_the_next_infer_uses(
         "POST", "/train/lymph_node_detection", json.dumps(params).encode(), {"Content-Type": "application/json"}
     )
     assert status == 200, body
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status, train = server.request("GET", "/train/")
-        if status == 200 and train.get("status") in ("DONE", "ERROR"):
-            break
-        time.sleep(2)
+    train = server.wait_training()
     assert train.get("status") == "DONE", train
     stats = json.loads((models / "lymph_node_detection_train_stats.json").read_text())
     assert stats["status"] == "published" and stats["total_epochs"] == 1

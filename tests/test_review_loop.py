@@ -162,12 +162,7 @@ def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_se
     assert status == 200 and "training" in answer, answer
     assert answer["review"]["rejected"] == 1 and answer["review"]["added"] == 1
 
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status, train = server.request("GET", "/train/")
-        if status == 200 and train.get("status") in ("DONE", "ERROR"):
-            break
-        time.sleep(2)
+    train = server.wait_training()
     assert train.get("status") == "DONE", train
     stats = json.loads((models / "lymph_node_detection_train_stats.json").read_text())
     assert stats["status"] == "published", stats
