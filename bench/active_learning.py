@@ -60,7 +60,9 @@ def log(msg: str) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def make_data(out: Path, n_pool: int, n_test: int, n_seed: int, real_share: float = 0.0) -> tuple[Path, Path, Path]:
+def make_data(
+    out: Path, n_pool: int, n_test: int, n_seed: int, real_share: float = 0.0, seed: int = 3030
+) -> tuple[Path, Path, Path]:
     """(pool truth folder, held-out folder, seed studies folder). With ``real_share`` that share of the
     pool and of the held-out set are real CT backgrounds with inserted nodes (``realct_*``): a second
     kind of case the seed set (synthetic only) has not shown the models."""
@@ -68,13 +70,13 @@ def make_data(out: Path, n_pool: int, n_test: int, n_seed: int, real_share: floa
     n_pool_real, n_test_real = int(round(n_pool * real_share)), int(round(n_test * real_share))
     real = {"modality": "ct", "background": "real", "prefix": "realct_"}
     if not (truth / "synth_manifest.json").exists():
-        synthesize(truth, n_pool - n_pool_real, seed=3030, **PHANTOM)
+        synthesize(truth, n_pool - n_pool_real, seed=seed, **PHANTOM)
         if n_pool_real:
-            synthesize(truth, n_pool_real, seed=3032, **real)
+            synthesize(truth, n_pool_real, seed=seed + 2, **real)
     if not (heldout / "synth_manifest.json").exists():
-        synthesize(heldout, n_test - n_test_real, seed=3031, **PHANTOM)
+        synthesize(heldout, n_test - n_test_real, seed=seed + 1, **PHANTOM)
         if n_test_real:
-            synthesize(heldout, n_test_real, seed=3033, **real)
+            synthesize(heldout, n_test_real, seed=seed + 3, **real)
     if not seed_studies.exists():
         (seed_studies / "labels" / "final").mkdir(parents=True)
         for image_id in pool_ids(truth):
@@ -280,6 +282,7 @@ def main() -> int:
         default=0.0,
         help="share of pool and held-out cases on real CT backgrounds (a second kind of case)",
     )
+    parser.add_argument("--seed", type=int, default=3030, help="phantom seed (pool; held-out and real: +1, +2, +3)")
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")
     args = parser.parse_args()
@@ -290,7 +293,7 @@ def main() -> int:
         args.det_epochs, args.cls_epochs, args.seed_det_epochs, args.seed_cls_epochs = 1, 2, 2, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases, args.real_share)
+    truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases, args.real_share, args.seed)
     train_seed_models(seed_studies, out / "seed" / "models", args.seed_det_epochs, args.seed_cls_epochs)
     report = {
         "data": (
