@@ -145,3 +145,43 @@ def test_server_killed_while_labels_are_written_leaves_a_consistent_datastore(st
     server = start_server(studies, model_dir=str(tmp_path / "models"), device="cpu")
     status, info = server.request("GET", "/datastore/label/info?label=ct_000&tag=final")
     assert status == 200 and info["history"], info
+
+
+def test_disk_full_while_saving_a_label_keeps_the_current_one(tmp_path):
+    """The datastore process may write no file larger than a few kB (RLIMIT_FSIZE: what a nearly full
+    disk does to a big write): saving a big label fails with an error, and the current label, its
+    earlier versions and the datastore file are as they were."""
+    import subprocess
+    import sys
+    import textwrap
+
+    studies = tmp_path / "studies"
+    synthesize(studies, 1, modality="ct", seed=9, shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
+    current = (studies / "labels" / "final" / "ct_000.json").read_bytes()
+    big = json.loads(current)
+    big["reviewer"] = "x" * 200_000
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        from lnnode.lib.datastore import LnnodeDatastore
+        ds = LnnodeDatastore({str(studies)!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+        try:
+            ds.save_label("ct_000", {str(tmp_path / "big.json")!r}, "final", {{}})
+        except OSError as e:
+            print("refused", e.errno)
+            sys.exit(0)
+        print("stored")
+    """)
+    before = (studies / "datastore_v2.json").read_bytes() if (studies / "datastore_v2.json").exists() else None
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "refused" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert (studies / "labels" / "final" / "ct_000.json").read_bytes() == current, "the current label is intact"
+    history = studies / "labels" / "final" / ".history"
+    for path in history.glob("*.json") if history.exists() else []:
+        assert path.read_bytes() == current  # at most a copy of the current label
+    after = (studies / "datastore_v2.json").read_bytes()
+    json.loads(after)
+    if before is not None:
+        assert json.loads(after)["objects"]["ct_000"]["labels"] == json.loads(before)["objects"]["ct_000"]["labels"]

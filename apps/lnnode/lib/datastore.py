@@ -265,7 +265,8 @@ class LnnodeDatastore(LocalDatastore):
             os.makedirs(label_dir, exist_ok=True)
             previous = obj.labels.get(tag)
             if previous:
-                self._archive(label_dir, self._filename(image_id, previous.ext), previous.info.get("ts"))
+                # a copy, then the atomic replace: a failed or killed write leaves the current label in place
+                self._archive(label_dir, self._filename(image_id, previous.ext), previous.info.get("ts"), keep=True)
             atomic_copy(label_filename, os.path.join(label_dir, name))
             info.update(ts=int(time.time()), name=name)
             obj.labels[tag] = DataModel(info=info, ext=suffix)
@@ -274,8 +275,9 @@ class LnnodeDatastore(LocalDatastore):
         return image_id
 
     @staticmethod
-    def _archive(label_dir: str, name: str, ts: Any) -> None:
-        """Move the label being replaced to the tag's hidden history folder (nothing is overwritten)."""
+    def _archive(label_dir: str, name: str, ts: Any, keep: bool = False) -> None:
+        """Put a label into the tag's hidden history folder (nothing is overwritten): a copy with
+        ``keep`` (it is about to be replaced), else moved there (it is being removed)."""
         src = os.path.join(label_dir, name)
         if not os.path.exists(src):
             return
@@ -283,7 +285,10 @@ class LnnodeDatastore(LocalDatastore):
         os.makedirs(history, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts if isinstance(ts, (int, float)) else None))
         dest = os.path.join(history, f"{stamp}.{time.time_ns()}.{name}")
-        os.replace(src, dest)
+        if keep:
+            atomic_copy(src, dest)
+        else:
+            os.replace(src, dest)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         obj = self._object(label_id)
