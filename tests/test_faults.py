@@ -185,3 +185,21 @@ def test_disk_full_while_saving_a_label_keeps_the_current_one(tmp_path):
     json.loads(after)
     if before is not None:
         assert json.loads(after)["objects"]["ct_000"]["labels"] == json.loads(before)["objects"]["ct_000"]["labels"]
+
+
+def test_temp_files_a_killed_writer_left_are_cleaned_up_when_old(tmp_path):
+    import os
+    import time
+
+    from lnnode.lib.datastore import LnnodeDatastore
+
+    studies = tmp_path / "studies"
+    synthesize(studies, 1, modality="ct", seed=10, shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
+    tmp_dir = studies / "labels" / "final" / ".lnnode-tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    old, fresh = tmp_dir / "ct_000.json.abc", tmp_dir / "ct_000.json.def"
+    old.write_text("half a lab")
+    fresh.write_text("being writ")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    LnnodeDatastore(str(studies))
+    assert not old.exists() and fresh.exists(), "old leftovers go; a write in progress elsewhere stays"

@@ -34,7 +34,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from .atomic import atomic_copy, atomic_write_text
+from .atomic import TEMP_DIR_NAME, atomic_copy, atomic_write_text
 from .contracts import ContractError, check_label_in_image, parse_label, parse_result
 from .errors import NotFound, RequestError, Unprocessable
 from .geometry import ImageGeometry
@@ -65,6 +65,22 @@ class LnnodeDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, auto_reload: bool = False, read_only: bool = False):
         self._reviewed: dict[str, tuple[str, dict[str, Any] | None]] = {}  # image id -> (tag, review) just saved
         super().__init__(datastore_path, extensions=LABEL_PATTERNS, auto_reload=auto_reload, read_only=read_only)
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self, older_than_s: float = 3600.0) -> None:
+        """Temp files a killed writer left behind (never seen as images or labels: hidden folders).
+        Only old ones go: another process may be writing a fresh one right now."""
+        now = time.time()
+        for folder, _, files in os.walk(self._datastore_path):
+            if os.path.basename(folder) != TEMP_DIR_NAME:
+                continue
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    if now - os.stat(path).st_mtime > older_than_s:
+                        os.remove(path)
+                except OSError:
+                    pass  # gone already, or not ours to remove
 
     def pop_review(self, image_id: str) -> tuple[str, dict[str, Any] | None] | None:
         """(tag, review stats or None) of the label just saved for ``image_id`` (once), for the app's save hook."""
