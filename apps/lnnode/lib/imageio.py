@@ -170,9 +170,11 @@ def _check_header(path: str) -> None:
 
 def check_content(path: str | os.PathLike, array: np.ndarray) -> None:
     """An image (not a mask) must hold something: a volume with one value everywhere is refused."""
-    finite = array[np.isfinite(array)]
-    if finite.size == 0 or float(finite.min()) == float(finite.max()):
-        value = "no finite value" if finite.size == 0 else f"the value {float(finite.min()):g} everywhere"
+    finite = np.isfinite(array)
+    # the usual case (every voxel finite, checked just before) needs no copy of the volume
+    values = array if finite.all() else array[finite]
+    if values.size == 0 or float(values.min()) == float(values.max()):
+        value = "no finite value" if values.size == 0 else f"the value {float(values.min()):g} everywhere"
         raise ImageError(path, f"holds {value}: there is nothing to find in it")
 
 
