@@ -203,3 +203,45 @@ def test_temp_files_a_killed_writer_left_are_cleaned_up_when_old(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     LnnodeDatastore(str(studies))
     assert not old.exists() and fresh.exists(), "old leftovers go; a write in progress elsewhere stays"
+
+
+def test_a_rescan_does_not_undo_what_another_process_wrote(tmp_path):
+    """MONAI Label's rescan (``refresh()``: at every subprocess start, and from the file watcher when
+    auto-reload is on) edits the datastore file. Another process writes image infos (scores) at the
+    same time, each under its own key: every one of them must survive the rescans."""
+    import textwrap
+
+    from lnnode.lib.datastore import LnnodeDatastore
+
+    studies = tmp_path / "studies"
+    synthesize(studies, 1, modality="ct", seed=11, shape=(32, 32, 8), spacing=(1.5, 1.5, 2.5))
+    for i in range(300):  # many entries: each rescan's read-to-write stretch is long enough to matter
+        (studies / f"pad_{i:03d}.nii.gz").write_bytes(b"")
+    ds = LnnodeDatastore(str(studies))
+    n_writes = 150
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                from lnnode.lib.datastore import LnnodeDatastore
+                ds = LnnodeDatastore({str(studies)!r})
+                for i in range({n_writes}):
+                    ds.update_image_info("ct_000", {{f"score_{{i}}": i}})
+            """),
+        ]
+    )
+    i = 0
+    while writer.poll() is None:
+        # what a reader dropping files into the studies folder makes the rescan do: add, then remove
+        new = studies / f"new_{i % 20:02d}.nii.gz"
+        if new.exists():
+            new.unlink()
+        else:
+            new.write_bytes(b"")
+        ds.refresh()
+        i += 1
+    assert writer.returncode == 0
+    info = json.loads((studies / "datastore_v2.json").read_text())["objects"]["ct_000"]["image"]["info"]
+    lost = [k for k in range(n_writes) if f"score_{k}" not in info]
+    assert i > 10 and not lost, f"{len(lost)} of {n_writes} writes undone by {i} rescans"

@@ -59,11 +59,24 @@ def check_name(name: Any, what: str) -> str:
     return name
 
 
+def _info_object(info: Any) -> dict[str, Any]:
+    """A copy of the info MONAI Label passes on from a request's ``params`` (any JSON the client sent)."""
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise RequestError(f"params must be a JSON object, not {type(info).__name__}: nothing was stored")
+    return dict(info)
+
+
 class LnnodeDatastore(LocalDatastore):
     """LocalDatastore with label JSON support, name checks, upload validation and atomic writes."""
 
     def __init__(self, datastore_path: str, auto_reload: bool = False, read_only: bool = False):
         self._reviewed: dict[str, tuple[str, dict[str, Any] | None]] = {}  # image id -> (tag, review) just saved
+        # one lock object, re-entrant within a thread: a whole read-modify-write (a save, a rescan) holds
+        # it while the steps inside take it again. Two FileLock objects on the same file in one process
+        # would block each other (separate flocks); other threads and processes wait, as they should.
+        self._file_lock = FileLock(os.path.join(datastore_path, ".lock"))
         super().__init__(datastore_path, extensions=LABEL_PATTERNS, auto_reload=auto_reload, read_only=read_only)
         self._remove_stale_temp_files()
 
@@ -123,10 +136,28 @@ class LnnodeDatastore(LocalDatastore):
             self._config_ts, self._seen = st.st_mtime, self._identity(st)
 
         if lock:
-            with FileLock(self._lock_file):
+            with self._file_lock:
                 write()
         else:
             write()
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        # MONAI Label's version compares mtimes (coarse on some file systems); ours the file's identity
+        try:
+            with self._file_lock:
+                self._reload_if_changed()
+        except ValueError as e:
+            logger.error(f"datastore file not read: {e}")
+            if throw_exception:
+                raise
+
+    def _reconcile_datastore(self) -> None:
+        """MONAI Label's rescan (at start, on ``refresh()``, and from the file watcher with auto-reload on)
+        re-reads, edits and writes the datastore file in separate lock holds; here it holds the lock
+        throughout, so a label saved or a score written meanwhile by another thread or process is not
+        undone by the rescan's stale copy."""
+        with self._file_lock:
+            super()._reconcile_datastore()
 
     # reads see what other processes wrote (the file is replaced atomically, so no lock is needed)
     def json(self):
@@ -165,6 +196,7 @@ class LnnodeDatastore(LocalDatastore):
             )
         image_id = image_id or os.path.basename(image_filename)[: -len(suffix)]
         check_name(image_id, "image id")
+        info = _info_object(image_info)
         try:
             read_image(image_filename, require_content=True)
         except ImageError as e:
@@ -182,10 +214,9 @@ class LnnodeDatastore(LocalDatastore):
 
         name = self._filename(image_id, suffix)
         dest = self._inside(os.path.join(self._datastore.image_path(), name), f"image {image_id!r}")
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
             atomic_copy(image_filename, dest)
-            info = dict(image_info or {})
             info.update(ts=int(time.time()), name=name)
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
             self._update_datastore_file(lock=False)
@@ -219,7 +250,7 @@ class LnnodeDatastore(LocalDatastore):
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         self._object(image_id)
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
             self._object(image_id).image.info.update(info)
             self._update_datastore_file(lock=False)
@@ -266,8 +297,8 @@ class LnnodeDatastore(LocalDatastore):
                 f"unsupported label file {os.path.basename(label_filename)!r}: use .json (the label "
                 f"contract) or an image mask ({', '.join(p[1:] for p in IMAGE_PATTERNS)})"
             )
+        info = _info_object(label_info)
         self._validate_label_file(image_id, label_filename, tag, suffix)
-        info = dict(label_info or {})
         if suffix == ".json" and tag != DefaultLabelTag.ORIGINAL.value:
             with open(label_filename, "rb") as f:
                 info["review"] = review_stats(parse_label(f.read()), self.original_result(image_id))
@@ -275,7 +306,7 @@ class LnnodeDatastore(LocalDatastore):
         label_dir = self._datastore.label_path(tag)
         name = self._filename(image_id, suffix)
         self._inside(os.path.join(label_dir, name), f"label folder {tag!r}")
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
             obj = self._object(image_id)
             os.makedirs(label_dir, exist_ok=True)
@@ -312,7 +343,7 @@ class LnnodeDatastore(LocalDatastore):
         if tag not in obj.labels:
             raise NotFound(f"image {label_id!r} has no label with tag {tag!r}")
         name = self._filename(label_id, obj.labels[tag].ext)
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._archive(self._datastore.label_path(tag), name, None)
         self.refresh()
 
@@ -330,21 +361,21 @@ class LnnodeDatastore(LocalDatastore):
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         self.get_label_info(label_id, label_tag)
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
             self._object(label_id).labels[label_tag].info.update(info)
             self._update_datastore_file(lock=False)
 
     def reload(self) -> None:
         """Pick up what other processes wrote (scores, labels) without rescanning the folders."""
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
 
     def claim_image(self, choose: Callable[[dict[str, dict[str, Any]]], str | None], served_key: str) -> str | None:
         """Pick an image and stamp it as served in one step under the lock, so that two readers asking at
         once are not served the same case. ``choose`` gets ``{image id: image info}`` of the images without
         a ``final`` label (current copy) and returns one id or None."""
-        with FileLock(self._lock_file):
+        with self._file_lock:
             self._reload_if_changed()
             final = DefaultLabelTag.FINAL.value
             infos = {i: o.image.info for i, o in self._datastore.objects.items() if final not in o.labels}
