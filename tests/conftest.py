@@ -75,6 +75,7 @@ class Server:
         # scores ask for them (a background scoring process would compete for the 2 cores)
         env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
         env.update(env_overrides or {})
+        self.env = env
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

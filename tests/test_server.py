@@ -50,7 +50,10 @@ def server(studies, image_file, tmp_path_factory):
     label = make_label("preexisting", [{"center": centre, "size": [6.0, 5.0, 8.0], "class": "benign"}])
     (studies / "labels" / "final" / "preexisting.json").write_text(dumps(label))
     log_dir = tmp_path_factory.mktemp("logs")
-    server = Server(studies, {"model_dir": str(log_dir / "models"), "demo_weights": "false"}, log_dir / "server.log")
+    conf = {"model_dir": str(log_dir / "models"), "demo_weights": "false", "max_upload_mb": "1"}
+    # its own temp folder: what an upload leaves there can be checked
+    env = {"TMPDIR": str(tmp_path_factory.mktemp("server_tmp"))}
+    server = Server(studies, conf, log_dir / "server.log", env_overrides=env)
     server.wait_ready()
     yield server
     server.stop()
@@ -130,12 +133,56 @@ def test_resubmitted_label_keeps_the_earlier_version(server, image_file, studies
         ("GET", "/datastore/image/info?image=no_such_image", 404),
         ("GET", "/datastore/label?label=preexisting&tag=..%2F..%2Fx", 400),
         ("DELETE", "/datastore/image?id=..%2Fpreexisting", 400),
+        ("POST", "/scoring/no_such_method", 404),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_reason(server, method, path, expected):
     status, body = server.request(method, path)
     assert status == expected, body
     assert isinstance(body, dict) and body.get("detail")
+
+
+@pytest.mark.parametrize("params", ["[1]", '"x"', "5", '[["score_thresh", 0.5], 7]'])
+def test_params_that_are_not_a_json_object_get_a_400_and_nothing_is_stored(server, image_file, studies, params):
+    path, g = image_file
+    status, reply = server.request(
+        "POST", "/infer/lymph_node_detection?image=preexisting", *multipart({"params": params}, {})
+    )
+    assert status == 400 and "params must be a JSON object" in reply["detail"], reply
+    body, headers = multipart({"params": params}, {"file": ("x.nii.gz", path.read_bytes())})
+    status, reply = server.request("PUT", "/datastore/?image=params_case", body, headers)
+    assert status == 400 and "params must be a JSON object" in reply["detail"], reply
+    assert not list(studies.glob("params_case*"))
+    before = (studies / "labels" / "final" / "preexisting.json").read_bytes()
+    label = dumps(label_for("preexisting", g, reviewer="dr.params")).encode()
+    body, headers = multipart({"params": params}, {"label": ("preexisting.json", label)})
+    status, reply = server.request("PUT", "/datastore/label?image=preexisting&tag=final", body, headers)
+    assert status == 400 and "params must be a JSON object" in reply["detail"], reply
+    assert (studies / "labels" / "final" / "preexisting.json").read_bytes() == before
+
+
+def test_uploads_over_the_size_limit_get_a_413_and_nothing_is_stored(server, studies):
+    """``--conf max_upload_mb 1``: a bigger body is refused whether it declares its length or streams
+    (chunked) -- before MONAI Label writes it anywhere -- and the server goes on serving."""
+    import http.client
+    import os
+
+    big, headers = multipart({"params": "{}"}, {"file": ("too_big.nii.gz", os.urandom(1_500_000))})
+    status, reply = server.request("PUT", "/datastore/?image=too_big", big, headers)
+    assert status == 413 and "max_upload_mb 1" in reply["detail"], reply
+    status, reply = server.request("PUT", "/datastore/label?image=preexisting&tag=final", big, headers)
+    assert status == 413, reply
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    conn.request("PUT", "/datastore/?image=too_big", body=chunks, headers=headers, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and b"max_upload_mb" in response.read()
+    conn.close()
+    assert not list(studies.rglob("too_big*"))
+    server_tmp = Path(server.env["TMPDIR"])
+    assert not [p for p in server_tmp.rglob("*") if p.is_file() and p.stat().st_size > 500_000], "no upload kept"
+    status, _ = server.request("GET", "/info/")
+    assert status == 200
 
 
 def test_path_traversal_uploads_write_nothing_outside(server, image_file, studies):

@@ -23,7 +23,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import imageio
+from lib import guards, imageio
 from lib.activelearning import Uncertain
 from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, infer_config, task_configs
 from lib.datastore import LnnodeDatastore
@@ -36,24 +36,6 @@ from lib.scoring import NodeUncertaintyScoring
 logger = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
-
-
-def _answer_bad_json_with_400() -> None:
-    """MONAI Label's endpoints parse the ``params`` form field themselves, before the app sees the
-    request, and answer malformed JSON with a 500. Register a 400 for it on the server's FastAPI app
-    (the app is built before this app object exists: the middleware stack is rebuilt on the next
-    request to take the handler in)."""
-    from fastapi.responses import JSONResponse
-    from monailabel.app import app as server
-
-    async def bad_json(request, exc: json.JSONDecodeError):
-        if request.method == "POST" or request.method == "PUT":  # a client's params or body
-            return JSONResponse(status_code=400, content={"detail": f"params is not valid JSON: {exc}"})
-        return JSONResponse(status_code=500, content={"detail": f"a server file is not valid JSON: {exc}"})
-
-    if json.JSONDecodeError not in server.exception_handlers:
-        server.add_exception_handler(json.JSONDecodeError, bad_json)
-        server.middleware_stack = None
 
 
 class LymphNodeApp(MONAILabelApp):
@@ -88,6 +70,11 @@ class LymphNodeApp(MONAILabelApp):
         if conf.get("max_image_voxels"):
             # every reader (server, training and scoring processes) gets the same conf: one limit
             imageio.MAX_IMAGE_VOXELS = int(conf["max_image_voxels"])
+        try:
+            # --conf max_upload_mb: the largest request body (image or label upload); 0 turns the check off
+            self.max_upload_bytes = int(float(conf.get("max_upload_mb") or guards.DEFAULT_MAX_UPLOAD_MB) * 2**20)
+        except ValueError:
+            raise ValueError(f"--conf max_upload_mb: a number of megabytes, got {conf['max_upload_mb']!r}") from None
         self.auto_train_models = [m.strip() for m in (conf.get("auto_train_models") or "").split(",") if m.strip()]
         self._labels_since_training = 0
 
@@ -226,7 +213,13 @@ class LymphNodeApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         if self._server_mode:
-            _answer_bad_json_with_400()
+            guards.install(self._server_app(), self.max_upload_bytes, lambda: self._scoring_methods)
+
+    @staticmethod
+    def _server_app():
+        from monailabel.app import app
+
+        return app
 
     def async_scoring(self, method, params=None):
         # a training process asks the server to re-score once it has published; MONAI Label posts to
