@@ -19,7 +19,16 @@ from .conftest import REPO, fake_result
 sys.path.insert(0, str(REPO / "slicer_module" / "LymphNodeReview"))
 
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError, probability_color  # noqa: E402
-from LymphNodeReviewLib.review import ACCEPTED, PENDING, REJECTED, box_lps_to_ras, box_ras_to_lps  # noqa: E402
+from LymphNodeReviewLib.client import describe_server  # noqa: E402
+from LymphNodeReviewLib.review import (  # noqa: E402
+    ACCEPTED,
+    PENDING,
+    REJECTED,
+    TABLE_COLUMNS,
+    TABLE_HEADERS,
+    box_lps_to_ras,
+    box_ras_to_lps,
+)
 from LymphNodeReviewLib.saliency import write_saliency_maps  # noqa: E402
 
 LIB = REPO / "slicer_module" / "LymphNodeReview" / "LymphNodeReviewLib"
@@ -71,6 +80,19 @@ def test_review_session_edits_undo_and_label():
     with pytest.raises(ValueError, match="positive"):
         fresh.move("n1", [0, 0, 0], [0, 1, 1])
     assert fresh.nodes[0].status == PENDING and not fresh.undo()
+
+
+def test_the_table_and_summary_the_panel_shows():
+    session = ReviewSession(fake_result())
+    session.reject("n2")
+    session.set_class("n3", "benign")
+    assert session.table()[0] == ["n1", "pending", "metastatic", "0.80", "6.50", "8.00", "0.05", "not_suspicious",
+                                  "indeterminate"]  # fmt: skip
+    assert [row[1] for row in session.table()] == ["pending", "rejected", "accepted (relabelled)"]
+    assert len(TABLE_COLUMNS) == len(TABLE_HEADERS) == len(session.table()[0])
+    assert session.summary_text() == ("3 nodes, 2 suspicious, N1 (hint) | accepted 1, rejected 1, pending 1, added 0")
+    info = {"models": {"b": {}, "a": {}}, "train_stats": {"a": {"status": "published"}, "b": {}}}
+    assert describe_server(info) == "connected: a, b (training a: published)"
 
 
 def test_box_conversion_and_colours():
@@ -172,3 +194,14 @@ def test_module_files_are_listed_and_the_panel_has_every_widget_the_code_uses():
     names = {w.get("name") for w in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", code))
     assert used <= names, f"widgets used but not in the .ui: {sorted(used - names)}"
+
+
+def test_module_code_parses_as_python_3_9_and_3_12():
+    """Slicer 5.6 ships Python 3.9, later Slicers 3.12 (ruff also checks the module with target py39)."""
+    import ast
+
+    sources = sorted((REPO / "slicer_module").rglob("*.py"))
+    assert len(sources) >= 8
+    for path in sources:
+        for version in ((3, 9), (3, 12)):
+            ast.parse(path.read_text(), filename=str(path), feature_version=version)

@@ -20,8 +20,8 @@ import qt
 import slicer
 import vtk
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError
-from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION
-from LymphNodeReviewLib.review import box_lps_to_ras, box_ras_to_lps
+from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION, describe_server
+from LymphNodeReviewLib.review import TABLE_COLUMNS, TABLE_HEADERS, box_lps_to_ras, box_ras_to_lps
 from LymphNodeReviewLib.saliency import write_saliency_maps
 from LymphNodeReviewLib.scene import read_review, review_rois, show_review
 from slicer.ScriptedLoadableModule import (
@@ -34,8 +34,6 @@ from slicer.util import VTKObservationMixin
 
 REVIEW_PARAMETER = "review"  # the review (JSON) in the module's parameter node: saved with the scene
 SETTINGS_URL = "LymphNodeReview/serverUrl"
-COLUMNS = ("id", "p_metastasis", "uncertainty", "short_axis_mm", "long_axis_mm", "size_rule", "morphology_rule",
-           "class", "status")  # fmt: skip
 
 
 class LymphNodeReview(ScriptedLoadableModule):
@@ -226,8 +224,8 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = LymphNodeReviewLogic()
 
         self.ui.serverUrlEdit.text = qt.QSettings().value(SETTINGS_URL, "http://127.0.0.1:8000")
-        self.ui.nodeTable.setColumnCount(len(COLUMNS))
-        self.ui.nodeTable.setHorizontalHeaderLabels(list(COLUMNS))
+        self.ui.nodeTable.setColumnCount(len(TABLE_COLUMNS))
+        self.ui.nodeTable.setHorizontalHeaderLabels(list(TABLE_HEADERS))
         self.ui.connectButton.connect("clicked()", self.onConnect)
         self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
         self.ui.useVolumeButton.connect("clicked()", self.onUseVolume)
@@ -288,10 +286,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QSettings().setValue(SETTINGS_URL, url)
 
         def done(info):
-            models = ", ".join(sorted(info.get("models", {})))
-            stats = info.get("train_stats", {})
-            training = "; ".join(f"{m}: {s.get('status', '?')}" for m, s in stats.items() if isinstance(s, dict))
-            self._say(f"connected: {models}" + (f" (training {training})" if training else ""))
+            self._say(describe_server(info))
             self.ui.strategyCombo.clear()
             for name in sorted(info.get("strategies", {})):
                 self.ui.strategyCombo.addItem(name)
@@ -341,20 +336,12 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillTable(self):
         session = self.logic.session
-        rows = session.rows() if session else []
-        self.ui.nodeTable.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, key in enumerate(COLUMNS):
-                value = row.get(key)
-                text = f"{value:.2f}" if isinstance(value, float) else ("" if value is None else str(value))
+        cells = session.table() if session else []
+        self.ui.nodeTable.setRowCount(len(cells))
+        for r, row in enumerate(cells):
+            for c, text in enumerate(row):
                 self.ui.nodeTable.setItem(r, c, qt.QTableWidgetItem(text))
-        self.ui.summaryLabel.text = ""
-        if session:
-            s = session.summary()
-            self.ui.summaryLabel.text = (
-                f"{s['n_nodes']} nodes, {s['n_suspicious']} suspicious, {s['n_stage_hint']} (hint) | "
-                f"accepted {s['accepted']}, rejected {s['rejected']}, pending {s['pending']}, added {s['added']}"
-            )
+        self.ui.summaryLabel.text = session.summary_text() if session else ""
 
     def _selected(self) -> str | None:
         row = self.ui.nodeTable.currentRow()

@@ -150,3 +150,12 @@ class LymphNodeServer:
         """The extra sequences a case is read with (``case`` + ``_dwi``...); [] for single-sequence models."""
         models = (info or self.info()).get("models", {})
         return list(models.get(PIPELINE, {}).get("channel_suffixes", []))
+
+
+def describe_server(info: dict[str, Any]) -> str:
+    """One line for the panel: the server's models and the state of their last training."""
+    models = ", ".join(sorted(info.get("models", {})))
+    stats = info.get("train_stats", {})
+    # a model never trained on this server (demo weights) has no stats yet
+    training = "; ".join(f"{m}: {s['status']}" for m, s in stats.items() if isinstance(s, dict) and s.get("status"))
+    return f"connected: {models}" + (f" (training {training})" if training else "")

@@ -27,10 +27,18 @@ __all__ = [
     "probability_color",
     "box_lps_to_ras",
     "box_ras_to_lps",
+    "cell_text",
+    "TABLE_COLUMNS",
+    "TABLE_HEADERS",
 ]
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 MOVE_TOLERANCE_MM = 0.5  # a box edited by less than this (a viewer's round trip) is not "moved"
+# the node table's columns, left to right (keys of ReviewNode.row()), and their headers: what the reader
+# decides on first (the panel is narrow: the rest scrolls)
+TABLE_COLUMNS = ("id", "status", "class", "p_metastasis", "short_axis_mm", "long_axis_mm", "uncertainty",
+                 "size_rule", "morphology_rule")  # fmt: skip
+TABLE_HEADERS = ("node", "status", "class", "p(met)", "short mm", "long mm", "uncert.", "size rule", "morphology")
 
 
 def box_lps_to_ras(center: Sequence[float], size: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -96,6 +104,10 @@ class ReviewNode:
         }
 
 
+def cell_text(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
 class ReviewSession:
     """The review of one case, built from a pipeline result (validated here)."""
 
@@ -128,6 +140,17 @@ class ReviewSession:
 
     def rows(self) -> list[dict[str, Any]]:
         return [n.row() for n in self.nodes]
+
+    def table(self) -> list[list[str]]:
+        """The node table's cells as text, in ``TABLE_COLUMNS`` order."""
+        return [[cell_text(row.get(key)) for key in TABLE_COLUMNS] for row in self.rows()]
+
+    def summary_text(self) -> str:
+        s = self.summary()
+        return (
+            f"{s['n_nodes']} nodes, {s['n_suspicious']} suspicious, {s['n_stage_hint']} (hint) | "
+            f"accepted {s['accepted']}, rejected {s['rejected']}, pending {s['pending']}, added {s['added']}"
+        )
 
     def summary(self) -> dict[str, Any]:
         """Counts for the case panel (the server's summary plus the review's progress)."""
