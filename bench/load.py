@@ -1,11 +1,13 @@
 """Load benchmark: N concurrent ``/infer/lymph_node_pipeline`` requests against a real lnnode server.
 
     python bench/load.py --out bench/out/load            # about 3 min on 2 cores
+    python bench/load.py --out bench/out/load_clinical --shape 512 512 160 --spacing 0.78 0.78 2.0
 
-Starts ``monailabel start_server`` with the demo models on CT phantoms (192 x 192 x 64 at 1 x 1 x 2 mm,
-the demo studies' size), sends the requests one at a time, then N at once (threads), and reports
-throughput, p50/p95 latency (request sent to answer received) and the server's peak memory (VmHWM of
-its process). Phantoms, CPU only; the figures are about the server, not about accuracy.
+Starts ``monailabel start_server`` with the demo models on CT phantoms (by default 192 x 192 x 64 at
+1 x 1 x 2 mm, the demo studies' size; ``--shape``/``--spacing`` for a clinical CT's size), sends the
+requests one at a time, then N at once (threads), and reports throughput, p50/p95 latency (request sent
+to answer received) and the server's peak memory (VmHWM of its process). Phantoms, CPU only; the
+figures are about the server, not about accuracy.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "load"))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=3, default=[192, 192, 64], help="phantom voxels (x y z)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 2.0], help="phantom spacing (mm)")
     args = parser.parse_args()
     out = Path(args.out)
     studies = out / "studies"
     if not (studies / "synth_manifest.json").exists():
-        synthesize(studies, args.cases, modality="ct", seed=2026, shape=(192, 192, 64), spacing=(1.0, 1.0, 2.0),
-                   label_tag="ground_truth")  # fmt: skip
+        synthesize(studies, args.cases, modality="ct", seed=2026, shape=tuple(args.shape),
+                   spacing=tuple(args.spacing), label_tag="ground_truth")  # fmt: skip
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,7 +91,10 @@ def main() -> int:
             concurrent = list(pool.map(infer, requests))
         concurrent_s = time.perf_counter() - begin
         report = {
-            "data": f"{args.cases} CT phantoms 192x192x64 at 1x1x2 mm, demo models, CPU ({os.cpu_count()} cores)",
+            "data": (
+                f"{args.cases} CT phantoms {'x'.join(map(str, args.shape))} at {'x'.join(map(str, args.spacing))} mm, "
+                f"demo models, CPU ({os.cpu_count()} cores)"
+            ),
             "one_at_a_time": {
                 "requests": len(images),
                 "throughput_per_min": 60 * len(images) / sequential_s,
