@@ -214,6 +214,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._job: dict | None = None
+        self._shortcuts: list = []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -244,7 +245,26 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                           ("N", self.onNextCase), ("Ctrl+Z", self.onUndo)):  # fmt: skip
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", slot)
+            shortcut.setEnabled(False)  # on while this module is shown (enter/exit): R must not reject elsewhere
+            self._shortcuts.append(shortcut)
         self.ui.progressBar.hide()
+
+    def enter(self):
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(True)
+
+    def exit(self):
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+
+    def cleanup(self):
+        self.exit()
+        self._timer.stop()
+        for shortcut in self._shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
+        self.removeObservers()
 
     # background work: server calls run in a thread, the GUI polls (it never freezes)
     def _start(self, what: str, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
