@@ -2,6 +2,7 @@
 
     python bench/active_learning.py --out bench/out/active_learning            # about 45 min on 2 cores
     python bench/active_learning.py --out /tmp/al --quick                      # a few minutes
+    python bench/active_learning.py --out DIR --summarise RUN1 RUN2 ...         # mean curves of repeated runs
 
 What it does (phantoms only; nothing here is clinical performance):
 
@@ -263,6 +264,69 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def summarise(runs: list[Path], png: Path) -> dict:
+    """Mean learning curves over repeated runs (same settings, other phantom seeds), the goal judged on
+    the means and per run, and one plot: mean with the runs' range, per arm."""
+    reports = [json.loads((run / "active_learning.json").read_text()) for run in runs]
+    arms = [a for a in ("uncertain", "random") if all(a in r["arms"] for r in reports)]
+    means: dict[str, list[dict]] = {}
+    for arm in arms:
+        curves = [r["arms"][arm] for r in reports]
+        n = [h["n_corrected"] for h in curves[0]]
+        if any([h["n_corrected"] for h in c] != n for c in curves):
+            raise SystemExit(f"runs differ in their rounds ({arm}): summarise runs made with the same --k/--rounds")
+        means[arm] = []
+        for i, n_corrected in enumerate(n):
+            point = {"n_corrected": n_corrected}
+            for key in ("cpm", "auc", "corrections_per_case"):
+                values = [c[i].get(key) for c in curves if c[i].get(key) is not None]
+                if values:
+                    point[key] = float(np.mean(values))
+                    point[f"{key}_min"], point[f"{key}_max"] = float(np.min(values)), float(np.max(values))
+            means[arm].append(point)
+    summary: dict = {
+        "runs": [str(r) for r in runs],
+        "seeds": [r["settings"].get("seed", 3030) for r in reports],
+        "data": reports[0]["data"],
+        "mean": means,
+        "per_run_goal": [r.get("goal") for r in reports],
+    }
+    if {"uncertain", "random"} <= set(means):
+        final = means["random"][-1]
+        need = cases_to_reach(means["uncertain"], final)
+        total = final["n_corrected"]
+        summary["goal_on_means"] = {
+            "random_final": {k: final[k] for k in ("n_corrected", "cpm", "auc")},
+            "uncertain_cases_to_reach_it": need,
+            "share_of_random_cases": {k: (None if v is None else v / max(total, 1)) for k, v in need.items()},
+            "met (<= 60 %)": all(v is not None and v <= 0.6 * total for v in need.values()),
+        }
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    titles = ("held-out CPM (IoU >= 0.1)", "held-out node AUC", "corrections per case")
+    for arm, curve in means.items():
+        for ax, key in zip(axes, ("cpm", "auc", "corrections_per_case"), strict=True):
+            points = [p for p in curve if key in p]
+            n = [p["n_corrected"] for p in points]
+            (line,) = ax.plot(n, [p[key] for p in points], marker="o", label=f"{arm} (mean)")
+            ax.fill_between(n, [p[f"{key}_min"] for p in points], [p[f"{key}_max"] for p in points],
+                            color=line.get_color(), alpha=0.15, label=f"{arm} (range of runs)")  # fmt: skip
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xlabel("corrected cases")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Simulated reader on CT phantoms, {len(runs)} runs (not clinical data)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "active_learning"))
@@ -285,7 +349,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3030, help="phantom seed (pool; held-out and real: +1, +2, +3)")
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")
+    parser.add_argument("--summarise", nargs="+", metavar="RUN", help="mean curves of earlier runs' --out folders")
     args = parser.parse_args()
+    if args.summarise:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = summarise([Path(r) for r in args.summarise], out / "active_learning_runs.png")
+        (out / "active_learning_runs.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps({k: summary[k] for k in ("seeds", "goal_on_means") if k in summary}, indent=2))
+        return 0
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("monailabel").setLevel(logging.WARNING)
     if args.quick:

@@ -454,7 +454,11 @@ class LymphNodeReviewTest(ScriptedLoadableModuleTest):
         session = logic.run({"score_thresh": 0.01})
         logic.show_boxes()
         self.assertEqual(len(logic.rois), len(session.nodes))
-        added = logic.add_box_at([0.0, 0.0, 0.0])
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)  # the middle of an oblique volume's RAS bounds is its centre: inside it
+        added = logic.add_box_at(
+            [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+        )
         if session.nodes and session.nodes[0].id != added:
             session.reject(session.nodes[0].id)
         answer = logic.submit("slicer-selftest")
