@@ -166,10 +166,19 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return changed
 
     def add_box_at(self, center_ras, size_mm: float = 10.0, cls: str = "benign") -> str:
+        # boxes moved in the views but not read yet would be redrawn where they were
+        self.sync_from_scene()
         center, size = box_ras_to_lps(center_ras, [size_mm] * 3)
         node_id = self.session.add(center, size, cls)
         self.show_boxes()
         return node_id
+
+    def undo(self) -> bool:
+        """Undo the last change, a box moved in the views included."""
+        self.sync_from_scene()
+        undone = self.session.undo()
+        self.show_boxes()
+        return undone
 
     def jump_to(self, node_id: str) -> None:
         center, _ = box_lps_to_ras(self.session.node(node_id).center, self.session.node(node_id).size)
@@ -401,8 +410,7 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillTable()
 
     def onUndo(self):
-        if self.logic.session is not None and self.logic.session.undo():
-            self.logic.show_boxes()
+        if self.logic.session is not None and self.logic.undo():
             self._fillTable()
 
     def onSubmit(self):
