@@ -242,6 +242,19 @@ def cases_to_reach(history: list[dict], target: dict) -> dict:
     return out
 
 
+def goal(uncertain: list[dict], random: list[dict]) -> dict:
+    """Issue 5's goal: ``uncertain`` reaches ``random``'s final CPM and AUC with at most 60 % of its cases."""
+    final = random[-1]
+    need = cases_to_reach(uncertain, final)
+    total = final["n_corrected"]
+    return {
+        "random_final": {k: final[k] for k in ("n_corrected", "cpm", "auc")},
+        "uncertain_cases_to_reach_it": need,
+        "share_of_random_cases": {k: (None if v is None else v / max(total, 1)) for k, v in need.items()},
+        "met (<= 60 %)": all(v is not None and v <= 0.6 * total for v in need.values()),
+    }
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -292,15 +305,7 @@ def summarise(runs: list[Path], png: Path) -> dict:
         "per_run_goal": [r.get("goal") for r in reports],
     }
     if {"uncertain", "random"} <= set(means):
-        final = means["random"][-1]
-        need = cases_to_reach(means["uncertain"], final)
-        total = final["n_corrected"]
-        summary["goal_on_means"] = {
-            "random_final": {k: final[k] for k in ("n_corrected", "cpm", "auc")},
-            "uncertain_cases_to_reach_it": need,
-            "share_of_random_cases": {k: (None if v is None else v / max(total, 1)) for k, v in need.items()},
-            "met (<= 60 %)": all(v is not None and v <= 0.6 * total for v in need.values()),
-        }
+        summary["goal_on_means"] = goal(means["uncertain"], means["random"])
 
     import matplotlib
 
@@ -381,15 +386,7 @@ def main() -> int:
         report["arms"][strategy] = run_arm(strategy, out, truth, heldout, out / "seed", args)
         (out / "active_learning.json").write_text(json.dumps(report, indent=2, default=float))
     if {"uncertain", "random"} <= set(report["arms"]):
-        final = report["arms"]["random"][-1]
-        need = cases_to_reach(report["arms"]["uncertain"], final)
-        total = final["n_corrected"]
-        report["goal"] = {
-            "random_final": {k: final[k] for k in ("n_corrected", "cpm", "auc")},
-            "uncertain_cases_to_reach_it": need,
-            "share_of_random_cases": {k: (None if v is None else v / max(total, 1)) for k, v in need.items()},
-            "met (<= 60 %)": all(v is not None and v <= 0.6 * total for v in need.values()),
-        }
+        report["goal"] = goal(report["arms"]["uncertain"], report["arms"]["random"])
         log(f"goal: {report['goal']}")
     (out / "active_learning.json").write_text(json.dumps(report, indent=2, default=float))
     plot(report, out / "active_learning.png")
