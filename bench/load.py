@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 2.0], help="phantom spacing (mm)")
     args = parser.parse_args()
     out = Path(args.out)
-    studies = out / "studies"
+    studies = out / f"studies_{'x'.join(map(str, args.shape))}_{'x'.join(map(str, args.spacing))}mm"
     if not (studies / "synth_manifest.json").exists():
         synthesize(studies, args.cases, modality="ct", seed=2026, shape=tuple(args.shape),
                    spacing=tuple(args.spacing), label_tag="ground_truth")  # fmt: skip

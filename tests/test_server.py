@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -145,6 +146,8 @@ def test_bad_requests_get_a_4xx_with_a_reason(server, method, path, expected):
 @pytest.mark.parametrize("params", ["[1]", '"x"', "5", '[["score_thresh", 0.5], 7]'])
 def test_params_that_are_not_a_json_object_get_a_400_and_nothing_is_stored(server, image_file, studies, params):
     path, g = image_file
+    server_tmp = Path(server.env["TMPDIR"])
+    tmp_before = {p for p in server_tmp.rglob("*") if p.is_file()}
     status, reply = server.request(
         "POST", "/infer/lymph_node_detection?image=preexisting", *multipart({"params": params}, {})
     )
@@ -159,6 +162,28 @@ def test_params_that_are_not_a_json_object_get_a_400_and_nothing_is_stored(serve
     status, reply = server.request("PUT", "/datastore/label?image=preexisting&tag=final", body, headers)
     assert status == 400 and "params must be a JSON object" in reply["detail"], reply
     assert (studies / "labels" / "final" / "preexisting.json").read_bytes() == before
+    for what in ("image/info?image=preexisting", "label/info?label=preexisting&tag=final"):
+        status, reply = server.request("PUT", f"/datastore/{what}", *multipart({"info": params}, {}))
+        assert status == 400 and "must be a JSON object" in reply["detail"], (what, reply)
+    assert {p for p in server_tmp.rglob("*") if p.is_file()} == tmp_before, "a refused upload left a temp file"
+
+
+def test_refused_uploads_leave_no_temp_file(server, image_file, tmp_path):
+    """MONAI Label copies an upload to a temp file and removes it only after a successful answer."""
+    path, _ = image_file
+    server_tmp = Path(server.env["TMPDIR"])
+    before = {p for p in server_tmp.rglob("*") if p.is_file()}
+    corrupt = path.read_bytes()[:300]
+    for method, url, field, name in [
+        ("PUT", "/datastore/?image=corrupt_upload", "file", "corrupt.nii.gz"),  # 422
+        ("PUT", "/datastore/?image=preexisting", "file", "other.nii.gz"),  # 409 (other content)
+        ("PUT", "/datastore/label?image=preexisting&tag=final", "label", "bad.json"),  # 422
+        ("POST", "/infer/lymph_node_detection", "file", "corrupt.nii.gz"),  # 422 or 503
+    ]:
+        content = corrupt if name != "other.nii.gz" else gzip.compress(b"not the same image")
+        status, reply = server.request(method, url, *multipart({"params": "{}"}, {field: (name, content)}))
+        assert 400 <= status < 600 and status != 500, (url, status, reply)
+    assert {p for p in server_tmp.rglob("*") if p.is_file()} == before
 
 
 def test_uploads_over_the_size_limit_get_a_413_and_nothing_is_stored(server, studies):
@@ -173,6 +198,11 @@ def test_uploads_over_the_size_limit_get_a_413_and_nothing_is_stored(server, stu
     status, reply = server.request("PUT", "/datastore/label?image=preexisting&tag=final", big, headers)
     assert status == 413, reply
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    # a browser viewer (OHIF) reads the answer too: it carries MONAI Label's CORS headers
+    conn.request("PUT", "/datastore/?image=too_big", body=big, headers={**headers, "Origin": "http://viewer.test"})
+    response = conn.getresponse()
+    assert response.status == 413 and response.getheader("access-control-allow-origin"), response.getheaders()
+    response.read()
     chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
     conn.request("PUT", "/datastore/?image=too_big", body=chunks, headers=headers, encode_chunked=True)
     response = conn.getresponse()

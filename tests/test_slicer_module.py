@@ -142,16 +142,23 @@ def test_the_logic_reviews_the_next_case_in_the_scene(slicer_app, review_server)
     roi = logic.rois[first.id]
     center = [0.0, 0.0, 0.0]
     roi.GetCenter(center)
-    roi.SetCenter(center[0] + 3.0, center[1], center[2])  # 3 mm to the patient's right... in RAS: R+
+    # a move in the views, then undo: the box goes back, the node stays accepted
+    roi.SetCenter(center[0] + 7.0, center[1], center[2])
+    assert logic.undo()
+    back = [0.0, 0.0, 0.0]
+    logic.rois[first.id].GetCenter(back)
+    assert np.allclose(back, center, atol=1e-6) and logic.session.node(first.id).status == "accepted"
+    roi = logic.rois[first.id]
+    roi.SetCenter(center[0] + 3.0, center[1], center[2])  # R+ in RAS
     if len(session.nodes) > 1:
         session.reject(session.nodes[1].id)
     geometry = ImageGeometry.from_sitk(sitk.ReadImage(str(review_server.studies / "ct_000.nii.gz")))
     middle_lps = geometry.index_to_world((np.array(geometry.shape) - 1) / 2)
     added = logic.add_box_at([-middle_lps[0], -middle_lps[1], middle_lps[2]])
-    logic.jump_to(added)
     # undo removes the added box and nothing else (the move made in the scene stays)
     assert logic.undo() and added not in logic.rois and first.id in logic.rois
     added = logic.add_box_at([-middle_lps[0], -middle_lps[1], middle_lps[2]])
+    logic.jump_to(added)
     assert slicer_app.views.calls[-1][0] == "JumpSlicesToLocation"
     if first.id in logic.saliency_paths:
         assert logic.show_saliency(first.id)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Collection
 from typing import Any
 
 from monailabel.config import settings
@@ -36,6 +37,13 @@ from lib.scoring import NodeUncertaintyScoring
 logger = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
+
+
+def _served_scoring_methods() -> Collection[str]:
+    # the app in service now (POST /reload/ builds a new one; the guards stay installed)
+    from monailabel.interfaces.utils.app import app_instance
+
+    return app_instance().info().get("scoring", {})
 
 
 class LymphNodeApp(MONAILabelApp):
@@ -213,7 +221,7 @@ class LymphNodeApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         if self._server_mode:
-            guards.install(self._server_app(), self.max_upload_bytes, lambda: self._scoring_methods)
+            guards.install(self._server_app(), self.max_upload_bytes, _served_scoring_methods)
 
     @staticmethod
     def _server_app():

@@ -7,16 +7,21 @@ These are installed on its FastAPI server once the app is up (:func:`install`):
 * :class:`UploadLimit`: a request body over ``--conf max_upload_mb`` answers 413 and nothing of it is
   stored (its bytes are read and dropped, so the client gets the answer, not a broken connection);
 * :class:`KnownScoringMethod`: an unknown scoring method answers 404 instead of a started process;
-* ``params`` that are not JSON, or JSON but not an object (``[1]``, ``"x"``), answer 400.
+* ``params`` (or ``info``) that are not JSON, or JSON but not an object (``[1]``, ``"x"``), answer 400;
+* an upload refused with a 4xx leaves no temp file behind (MONAI Label removes its copy of an upload
+  in a background task that runs only after a successful answer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Collection
+import tempfile
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import RequestError
@@ -98,15 +103,14 @@ class KnownScoringMethod:
             known = self.methods()
             if method and method not in known:
                 await _drain(receive)
-                available = ", ".join(sorted(known)) or "none"
-                await _answer(send, 404, f"unknown scoring method {method!r}; available: {available}")
+                # no list here: this answers before any login check (GET /info/ lists the methods)
+                await _answer(send, 404, f"unknown scoring method {method!r} (GET /info/ lists them)")
                 return
         await self.app(scope, receive, send)
 
 
-def _endpoint_params(exc: BaseException) -> tuple[bool, Any]:
-    """(found, value): the decoded ``params`` form field of the MONAI Label endpoint the exception went
-    through (its frames hold the raw string), if any."""
+def _endpoint_frames(exc: BaseException) -> Iterator[dict[str, Any]]:
+    """Locals of the MONAI Label endpoint frames the exception went through, outermost first."""
     global _ENDPOINTS_DIR
     if _ENDPOINTS_DIR is None:
         import monailabel.endpoints
@@ -114,15 +118,34 @@ def _endpoint_params(exc: BaseException) -> tuple[bool, Any]:
         _ENDPOINTS_DIR = os.path.dirname(monailabel.endpoints.__file__) + os.sep
     tb = exc.__traceback__
     while tb is not None:
-        frame = tb.tb_frame
-        raw = frame.f_locals.get("params")
-        if frame.f_code.co_filename.startswith(_ENDPOINTS_DIR) and isinstance(raw, str):
-            try:
-                return True, json.loads(raw)
-            except ValueError:
-                return False, None
+        if tb.tb_frame.f_code.co_filename.startswith(_ENDPOINTS_DIR):
+            yield tb.tb_frame.f_locals
         tb = tb.tb_next
+
+
+def _endpoint_params(exc: BaseException) -> tuple[bool, Any]:
+    """(found, value): the decoded ``params`` (or ``info``) form field of the endpoint the exception went
+    through (its frames hold the raw string), if any."""
+    for f_locals in _endpoint_frames(exc):
+        for name in ("params", "info"):
+            raw = f_locals.get(name)
+            if isinstance(raw, str):
+                try:
+                    return True, json.loads(raw)
+                except ValueError:
+                    return False, None
     return False, None
+
+
+def _remove_uploads(exc: BaseException) -> None:
+    """Delete the temp copies of an upload that MONAI Label made for a request that failed."""
+    tmp = os.path.realpath(tempfile.gettempdir())
+    for f_locals in _endpoint_frames(exc):
+        for name in ("image_file", "label_file"):
+            path = f_locals.get(name)
+            if isinstance(path, str) and os.path.dirname(os.path.realpath(path)) == tmp:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
 
 
 def install(server: Any, max_upload_bytes: int, scoring_methods: Callable[[], Collection[str]]) -> None:
@@ -134,22 +157,31 @@ def install(server: Any, max_upload_bytes: int, scoring_methods: Callable[[], Co
         return
 
     async def bad_json(request, exc: json.JSONDecodeError):
+        _remove_uploads(exc)
         if request.method in ("POST", "PUT"):  # a client's params or body
             return JSONResponse(status_code=400, content={"detail": f"params is not valid JSON: {exc}"})
         return JSONResponse(status_code=500, content={"detail": f"a server file is not valid JSON: {exc}"})
+
+    async def refused(request, exc: RequestError):
+        _remove_uploads(exc)
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
 
     async def params_not_an_object(request, exc: Exception):
         # MONAI Label does dict.update(params) / params["user"] = ... with whatever the JSON was
         found, value = _endpoint_params(exc)
         if found and not isinstance(value, dict):
+            _remove_uploads(exc)
             detail = f'params must be a JSON object such as {{"score_thresh": 0.5}}, not {type(value).__name__}'
             return JSONResponse(status_code=400, content={"detail": detail})
         raise exc  # anything else: MONAI Label's own 500, logged with its traceback
 
     server.middleware_stack = None
     server.add_exception_handler(json.JSONDecodeError, bad_json)
+    server.add_exception_handler(RequestError, refused)
     server.add_exception_handler(TypeError, params_not_an_object)
     server.add_exception_handler(ValueError, params_not_an_object)
-    server.add_middleware(KnownScoringMethod, methods=scoring_methods)
-    server.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    # inside MONAI Label's CORS middleware (user middleware runs outermost first): a browser client
+    # reads these answers too
+    server.user_middleware.append(Middleware(KnownScoringMethod, methods=scoring_methods))
+    server.user_middleware.append(Middleware(UploadLimit, max_bytes=max_upload_bytes))
     server.state.lnnode_guards = True
