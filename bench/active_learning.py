@@ -3,6 +3,7 @@
     python bench/active_learning.py --out bench/out/active_learning            # about 45 min on 2 cores
     python bench/active_learning.py --out /tmp/al --quick                      # a few minutes
     python bench/active_learning.py --out DIR --summarise RUN1 RUN2 ...         # mean curves of repeated runs
+    python bench/active_learning.py --out RUN --strategies uncertain --keep-arms  # re-run one arm of RUN
 
 What it does (phantoms only; nothing here is clinical performance):
 
@@ -128,14 +129,15 @@ def reader_label(result: dict, truth: dict) -> dict:
 
 # -- the server ---------------------------------------------------------------------------------------------
 class Server:
-    def __init__(self, studies: Path, models: Path, log_path: Path):
+    def __init__(self, studies: Path, models: Path, log_path: Path, conf: dict[str, str] | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "lnnode"),
                "--studies", str(studies), "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
-        for key, value in (("model_dir", str(models)), ("demo_weights", "false"), ("device", "cpu")):
+        conf = {"model_dir": str(models), "demo_weights": "false", "device": "cpu", **(conf or {})}
+        for key, value in conf.items():
             cmd += ["--conf", key, value]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.update(MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", MONAI_LABEL_AUTO_UPDATE_SCORING="false")
@@ -190,7 +192,8 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
     if arm.exists():
         shutil.rmtree(arm)
     shutil.copytree(seed_dir, arm)
-    server = Server(arm / "studies", arm / "models", arm / "server.log")
+    conf = {"al_novelty_weight": str(args.novelty_weight)}
+    server = Server(arm / "studies", arm / "models", arm / "server.log", conf)
     client = MONAILabelClient(server.url)
     n_seed = len(list((arm / "studies" / "labels" / "final").glob("*.json")))
     history = [{"round": 0, "n_corrected": 0, "n_labelled": n_seed, **evaluate(arm / "models", heldout, arm / "eval0")}]
@@ -202,7 +205,8 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
                 server.post("/scoring/lymph_node_uncertainty?run_sync=true")
             corrections = []
             for _ in range(args.k):
-                image_id = client.next_sample(strategy, {}).get("id")
+                served = client.next_sample(strategy, {})
+                image_id = served.get("id")
                 if not image_id:
                     break
                 _, result = client.infer(PIPELINE, image_id, {})
@@ -212,7 +216,8 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
                 path.parent.mkdir(exist_ok=True)
                 path.write_text(json.dumps(label))
                 answer = client.save_label(image_id, str(path), tag="final")
-                corrections.append({"image": image_id, **answer.get("review", {})})
+                ranked = {k: served[k] for k in ("uncertainty", "novelty") if k in served}
+                corrections.append({"image": image_id, **answer.get("review", {}), **ranked})
             # a quarter of the corrected cases validate: the best epoch, and the detector's served score
             # threshold (the most sensitive point with <= 1 false positive per volume) come from them
             common = {"init": "current", "val_split": args.val_split, "publish": "always", "device": "cpu"}
@@ -231,6 +236,25 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
     finally:
         server.stop()
     return history
+
+
+# settings that make two runs' arms comparable (the data, the seed models, the loop)
+SAME_RUN = ("pool", "test", "seed_cases", "k", "rounds", "seed_det_epochs", "seed_cls_epochs", "det_epochs",
+            "cls_epochs", "val_split", "real_share", "seed")  # fmt: skip
+
+
+def kept_arms(path: Path, args) -> tuple[dict, list[str]]:
+    """The arms of an earlier report in this folder that this run does not repeat (after checking that the
+    earlier run had the same data and loop settings)."""
+    if not path.exists():
+        raise SystemExit(f"--keep-arms: no earlier report {path}")
+    earlier = json.loads(path.read_text())
+    defaults = {"seed": 3030}
+    differ = [k for k in SAME_RUN if earlier["settings"].get(k, defaults.get(k)) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--keep-arms: the earlier run differs in {differ}")
+    arms = {a: h for a, h in earlier["arms"].items() if a not in args.strategies}
+    return arms, sorted(arms)
 
 
 def cases_to_reach(history: list[dict], target: dict) -> dict:
@@ -353,6 +377,10 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=3030, help="phantom seed (pool; held-out and real: +1, +2, +3)")
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
+    parser.add_argument("--novelty-weight", type=float, default=1.0,
+                        help="the server's --conf al_novelty_weight (0: uncertainty alone)")  # fmt: skip
+    parser.add_argument("--keep-arms", action="store_true",
+                        help="keep the arms of --out's earlier report that --strategies does not run")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")
     parser.add_argument("--summarise", nargs="+", metavar="RUN", help="mean curves of earlier runs' --out folders")
     args = parser.parse_args()
@@ -382,6 +410,8 @@ def main() -> int:
         "hit_criterion": "IoU >= 0.1 (detection CPM and the simulated reader's matching)",
         "arms": {},
     }
+    if args.keep_arms:
+        report["arms"], report["kept_arms"] = kept_arms(out / "active_learning.json", args)
     for strategy in args.strategies:
         report["arms"][strategy] = run_arm(strategy, out, truth, heldout, out / "seed", args)
         (out / "active_learning.json").write_text(json.dumps(report, indent=2, default=float))

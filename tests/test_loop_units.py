@@ -12,9 +12,10 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from lnnode.lib.activelearning.uncertain import SERVED_KEY, rank_key
+from lnnode.lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, novelties, rank_key
 from lnnode.lib.geometry import ImageGeometry
 from lnnode.lib.review import review_stats, summarise_reviews
+from lnnode.lib.scoring.appearance import APPEARANCE_KEY, appearance, appearance_distance, novelty
 from lnnode.lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
 from lnnode.lib.trainers.handlers import PublishBestModel
 from lnnode.lib.transforms import RandFocusCropd
@@ -149,3 +150,60 @@ def test_uncertain_ranking_prefers_high_scores_then_the_least_recently_served():
     }
     order = sorted(infos, key=lambda i: rank_key(i, infos[i]))
     assert order == ["c", "b", "a", "d"]
+
+
+def _tissue(seed: int, mean: float, noise: float, shape=(32, 28, 12)) -> np.ndarray:
+    """A (1, X, Y, Z) normalised 'body': smooth blobs of one mean intensity plus noise, air at the border."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, mean, np.float32) + rng.normal(0, noise, shape).astype(np.float32)
+    image[:3], image[-3:] = 0.0, 0.0
+    return np.clip(image, 0, 1)[None]
+
+
+def test_appearance_tells_kinds_of_case_apart_and_a_case_from_itself():
+    soft, soft2, fatty, noisy = (
+        _tissue(0, 0.5, 0.02),
+        _tissue(1, 0.5, 0.02),
+        _tissue(0, 0.2, 0.02),
+        _tissue(0, 0.5, 0.1),
+    )
+    a = appearance(soft)
+    assert a.shape == (2, 16) and np.allclose((a**2).sum(axis=1), 1.0)  # root histograms: unit rows
+    assert appearance_distance(a, a) == 0.0
+    same_kind = appearance_distance(a, appearance(soft2))
+    assert same_kind < 0.1, "another draw of the same tissue looks the same"
+    assert appearance_distance(a, appearance(fatty)) > 0.4, "another intensity mix"
+    assert appearance_distance(a, appearance(noisy)) > 0.3, "another texture (noise)"
+    assert appearance_distance(a, appearance(fatty)) == appearance_distance(appearance(fatty), a) <= 1.0
+    two_channels = appearance(np.concatenate([soft, fatty]))
+    assert two_channels.shape == (4, 16) and appearance_distance(a, two_channels) is None
+    assert novelty(a, [two_channels]) == 0.0  # nothing comparable: no novelty
+    assert novelty(appearance(fatty), [a, appearance(soft2), appearance(fatty)]) == 0.0
+    with pytest.raises(ValueError, match="C, X, Y, Z"):
+        appearance(soft[0])
+
+
+def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
+    soft, fatty, noisy = (appearance(_tissue(i, m, n)).tolist() for i, m, n in ((0, 0.5, 0.02), (1, 0.2, 0.02),
+                                                                               (2, 0.5, 0.1)))  # fmt: skip
+    now = 1e6
+    labelled = {"l1": {APPEARANCE_KEY: {"histograms": soft}}}
+    candidates = {
+        "like_labelled": {APPEARANCE_KEY: {"histograms": soft}},
+        "fatty": {APPEARANCE_KEY: {"histograms": fatty}},
+        "noisy_in_review": {APPEARANCE_KEY: {"histograms": noisy}, SERVED_KEY: now - 60},
+        "noisy_served_long_ago": {APPEARANCE_KEY: {"histograms": noisy}, SERVED_KEY: now - 2 * IN_REVIEW_SECONDS},
+        "undescribed": {},
+    }
+    n = novelties(candidates, labelled, now)
+    assert n["like_labelled"] == 0.0 and n["undescribed"] == 0.0
+    assert n["noisy_in_review"] == 0.0, "a case being reviewed is its own reference"
+    assert n["noisy_served_long_ago"] == pytest.approx(0.0, abs=1e-9), "the same look as the one in review"
+    assert n["fatty"] == pytest.approx(appearance_distance(fatty, soft)) and n["fatty"] > 0.3
+    assert novelties(candidates, {}, now)["fatty"] > 0.3  # only the case in review to compare with
+
+    # with equal uncertainty the novel case ranks first; a clearly more uncertain case still wins
+    infos = {"like_labelled": {SCORE_KEY: {"score": 0.2}}, "fatty": {SCORE_KEY: {"score": 0.2}}}
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "fatty"
+    infos["like_labelled"][SCORE_KEY]["score"] = 1.5
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "like_labelled"

@@ -6,17 +6,21 @@ unlabelled case the models are least sure about."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
+from lnnode.lib.activelearning.uncertain import novelties
 from lnnode.lib.contracts import make_label, parse_result
 from lnnode.lib.geometry import ImageGeometry
 from lnnode.lib.imageio import read_sitk
 from lnnode.lib.phantoms import synthesize
+from lnnode.lib.scoring import APPEARANCE_KEY
 
 from .conftest import multipart
 
@@ -92,40 +96,75 @@ def test_review_is_compared_with_the_model_result_and_versions_are_kept(start_se
     assert summary["cases"][0]["image"] == "ct_000"
 
 
-def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies):
+def _set_uncertainty(server, image: str, value: float) -> None:
+    data, headers = multipart({"info": json.dumps({"lymph_node_uncertainty": {"score": value}})}, {})
+    assert server.request("PUT", f"/datastore/image/info?image={image}", data, headers)[0] == 200
+
+
+def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies, tmp_path):
+    studies = Path(shutil.copytree(studies, tmp_path / "studies"))  # this test adds a case
     server = start_server(studies, device="cpu")
     status, scored = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip
     assert status == 200, scored
     status, ds = server.request("GET", "/datastore/?output=all")
+    infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
     unlabelled = sorted(i for i, o in ds["objects"].items() if "final" not in o["labels"])
+    labelled = {i: infos[i] for i in infos if i not in unlabelled}
     assert unlabelled and set(scored["scored"]) | set(scored["skipped"]) == set(unlabelled)
-    scores = {i: ds["objects"][i]["image"]["info"]["lymph_node_uncertainty"] for i in unlabelled}
+    scores = {i: infos[i]["lymph_node_uncertainty"] for i in unlabelled}
     for s in scores.values():
         assert 0.0 <= s["score"] <= 2.0 and 0.0 <= s["detection_disagreement"] <= 1.0
         assert s["models"]["lymph_node_detection"].startswith("lymph_node_detection")
+    # every case, labelled or not, has its appearance on the detector's grid
+    assert sorted(scored["described"]) == sorted(infos)
+    for info in infos.values():
+        look = info[APPEARANCE_KEY]
+        assert np.shape(look["histograms"]) == (2, 16) and look["preprocessing"]["spacing"] == [1.5, 1.5, 2.0]
 
-    # up to date scores are not computed again
+    # up to date scores and appearances are not computed again
     status, again = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
                                    {"Content-Type": "application/json"})  # fmt: skip
     assert status == 200 and again["scored"] == [] and sorted(again["skipped"]) == unlabelled
+    assert again["described"] == []
 
+    # the most uncertain case, counting novelty against the labelled cases (--conf al_novelty_weight 1)
     client = MONAILabelClient(server.url)
-    top = max(unlabelled, key=lambda i: (scores[i]["score"], -unlabelled.index(i)))
+    novel = novelties({i: infos[i] for i in unlabelled}, labelled)
+    top = min(unlabelled, key=lambda i: (-(scores[i]["score"] + novel[i]), i))
     first = client.next_sample("uncertain", {})
     assert first["id"] == top and first["id"] in unlabelled
+    assert first["uncertainty"] == scores[top]["score"] and first["novelty"] == pytest.approx(novel[top], abs=1e-4)
+    assert first["score"] == pytest.approx(scores[top]["score"] + novel[top], abs=1e-3)
 
     # when the scores change, so does the order; equal scores go to the least recently served
     low = min(unlabelled, key=lambda i: scores[i]["score"])
     for image in unlabelled:
-        value = 1.9 if image == low else 0.1
-        data, headers = multipart({"info": json.dumps({"lymph_node_uncertainty": {"score": value}})}, {})
-        assert server.request("PUT", f"/datastore/image/info?image={image}", data, headers)[0] == 200
+        _set_uncertainty(server, image, 1.9 if image == low else 0.1)
     assert client.next_sample("uncertain", {})["id"] == low
-    data, headers = multipart({"info": json.dumps({"lymph_node_uncertainty": {"score": 0.1}})}, {})
-    server.request("PUT", f"/datastore/image/info?image={low}", data, headers)
+    _set_uncertainty(server, low, 0.1)
     served = [client.next_sample("uncertain", {})["id"] for _ in range(len(unlabelled))]
     assert sorted(served) == unlabelled, "tied cases are handed out in turn, none twice"
+
+    # at equal uncertainty, a case that looks unlike every other (another scanner calibration: the
+    # same anatomy 150 HU brighter) comes first; the cases just served count as being reviewed
+    image = sitk.ReadImage(str(studies / f"{unlabelled[0]}.nii.gz"), sitk.sitkFloat32) + 150.0
+    sitk.WriteImage(image, str(tmp_path / "bright.nii.gz"))
+    body, headers = multipart({}, {"file": ("bright.nii.gz", (tmp_path / "bright.nii.gz").read_bytes())})
+    assert server.request("PUT", "/datastore/?image=ct_bright", body, headers)[0] == 200
+    status, scored = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
+                                    {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 200 and scored["described"] == ["ct_bright"], scored
+    for image_id in [*unlabelled, "ct_bright"]:
+        _set_uncertainty(server, image_id, 0.1)
+    bright = client.next_sample("uncertain", {})
+    assert bright["id"] == "ct_bright" and bright["novelty"] > 0.2, bright
+
+    # novelty off: uncertainty alone, ties to the least recently served
+    server.stop()
+    server = start_server(studies, device="cpu", al_novelty_weight="0")
+    answer = MONAILabelClient(server.url).next_sample("uncertain", {})
+    assert answer["novelty"] == 0.0 and answer["id"] == served[0], "the least recently served"
 
     status, answer = server.request("POST", "/activelearning/no_such_strategy", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip

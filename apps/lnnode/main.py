@@ -25,7 +25,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib import guards, imageio
-from lib.activelearning import Uncertain
+from lib.activelearning import DEFAULT_NOVELTY_WEIGHT, Uncertain
 from lib.configs import CLASSIFICATION, DETECTION, PIPELINE, PIPELINE_OPTIONS, infer_config, task_configs
 from lib.datastore import LnnodeDatastore
 from lib.errors import NotFound, RequestError
@@ -83,6 +83,13 @@ class LymphNodeApp(MONAILabelApp):
             self.max_upload_bytes = int(float(conf.get("max_upload_mb") or guards.DEFAULT_MAX_UPLOAD_MB) * 2**20)
         except ValueError:
             raise ValueError(f"--conf max_upload_mb: a number of megabytes, got {conf['max_upload_mb']!r}") from None
+        try:
+            # --conf al_novelty_weight: how much a case unlike the labelled ones adds to its uncertainty
+            self.novelty_weight = float(conf.get("al_novelty_weight") or DEFAULT_NOVELTY_WEIGHT)
+        except ValueError:
+            raise ValueError(f"--conf al_novelty_weight: a number, got {conf['al_novelty_weight']!r}") from None
+        if not 0.0 <= self.novelty_weight < float("inf"):
+            raise ValueError(f"--conf al_novelty_weight: 0 or more, got {self.novelty_weight}")
         self.auto_train_models = [m.strip() for m in (conf.get("auto_train_models") or "").split(",") if m.strip()]
         self._labels_since_training = 0
 
@@ -132,7 +139,7 @@ class LymphNodeApp(MONAILabelApp):
     def init_strategies(self) -> dict[str, Strategy]:
         strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
         if PIPELINE in self._infers:
-            strategies["uncertain"] = Uncertain(self._infers[PIPELINE].channel_suffixes)
+            strategies["uncertain"] = Uncertain(self._infers[PIPELINE].channel_suffixes, self.novelty_weight)
         for config in self.models.values():
             s = config.strategy()
             if s:

@@ -371,15 +371,21 @@ class LnnodeDatastore(LocalDatastore):
         with self._file_lock:
             self._reload_if_changed()
 
-    def claim_image(self, choose: Callable[[dict[str, dict[str, Any]]], str | None], served_key: str) -> str | None:
+    def claim_image(
+        self,
+        choose: Callable[[dict[str, dict[str, Any]], dict[str, dict[str, Any]]], str | None],
+        served_key: str,
+    ) -> str | None:
         """Pick an image and stamp it as served in one step under the lock, so that two readers asking at
         once are not served the same case. ``choose`` gets ``{image id: image info}`` of the images without
-        a ``final`` label (current copy) and returns one id or None."""
+        a ``final`` label and of those with one (current copies) and returns one unlabelled id or None."""
         with self._file_lock:
             self._reload_if_changed()
             final = DefaultLabelTag.FINAL.value
-            infos = {i: o.image.info for i, o in self._datastore.objects.items() if final not in o.labels}
-            chosen = choose(infos)
+            objects = self._datastore.objects
+            unlabelled = {i: o.image.info for i, o in objects.items() if final not in o.labels}
+            labelled = {i: o.image.info for i, o in objects.items() if final in o.labels}
+            chosen = choose(unlabelled, labelled)
             if chosen is not None:
                 self._datastore.objects[chosen].image.info[served_key] = time.time()
                 self._update_datastore_file(lock=False)

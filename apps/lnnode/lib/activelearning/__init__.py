@@ -1,5 +1,5 @@
 """Active-learning strategies: which unlabelled case a radiologist should review next."""
 
-from .uncertain import SERVED_KEY, Uncertain
+from .uncertain import DEFAULT_NOVELTY_WEIGHT, SERVED_KEY, Uncertain
 
-__all__ = ["SERVED_KEY", "Uncertain"]
+__all__ = ["DEFAULT_NOVELTY_WEIGHT", "SERVED_KEY", "Uncertain"]

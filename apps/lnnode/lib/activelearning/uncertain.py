@@ -1,42 +1,75 @@
 """``uncertain``: serve the unlabelled case the current models are least sure about.
 
-Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info
-(written by :class:`lnnode.lib.scoring.NodeUncertaintyScoring`), highest first. Equal scores, and
-images not scored yet (ranked after every scored one), go to the least recently served first. The
-choice and the "served" stamp are one step under the datastore's lock, so two radiologists asking
-at the same time get different cases while there are two to give.
+Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info (written
+by :class:`lnnode.lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
+unlike every reference case they look (:mod:`lnnode.lib.scoring.appearance`; references are the
+labelled cases and those served in the last hour, i.e. being reviewed). Uncertainty says where the
+models go wrong; novelty keeps the choice from staying with one kind of case, and decides while the
+models are too weak to be uncertain about anything (a cold detector that finds nothing scores 0
+everywhere). ``novelty_weight`` 0 ranks by uncertainty alone.
+
+Highest first; images not scored yet rank after every scored one; equal priorities go to the least
+recently served first. The choice and the "served" stamp are one step under the datastore's lock, so
+two radiologists asking at the same time get different cases while there are two to give.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from ..scoring import SCORE_KEY
+from ..scoring import APPEARANCE_KEY, SCORE_KEY, novelty
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Uncertain", "SERVED_KEY", "rank_key"]
+__all__ = ["DEFAULT_NOVELTY_WEIGHT", "IN_REVIEW_SECONDS", "SERVED_KEY", "Uncertain", "novelties", "rank_key"]
 
 SERVED_KEY = "lnnode_served_ts"
+IN_REVIEW_SECONDS = 3600.0  # a case served this recently and not labelled yet counts as being reviewed
+DEFAULT_NOVELTY_WEIGHT = 1.0
 
 
-def rank_key(image_id: str, info: dict[str, Any]) -> tuple:
-    """Sort key: scored before unscored, higher score first, then least recently served, then id."""
+def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0) -> tuple:
+    """Sort key: scored before unscored, higher score + ``bonus`` first, least recently served, then id."""
     score = (info.get(SCORE_KEY) or {}).get("score")
-    return (score is None, -(score or 0.0), float(info.get(SERVED_KEY) or 0.0), image_id)
+    return (score is None, -((score or 0.0) + bonus), float(info.get(SERVED_KEY) or 0.0), image_id)
+
+
+def _appearance(info: dict[str, Any]) -> Any:
+    return (info.get(APPEARANCE_KEY) or {}).get("histograms")
+
+
+def novelties(
+    candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float | None = None
+) -> dict[str, float]:
+    """Novelty of each candidate against the labelled cases and the candidates served in the last
+    ``IN_REVIEW_SECONDS`` (a case being reviewed is itself a reference: its own novelty is 0)."""
+    now = time.time() if now is None else now
+    in_review = [i for i in candidates if now - float(candidates[i].get(SERVED_KEY) or 0.0) < IN_REVIEW_SECONDS]
+    references = [_appearance(info) for info in labelled.values()]
+    references += [_appearance(candidates[i]) for i in in_review]
+    references = [r for r in references if r is not None]
+    return {i: novelty(_appearance(info), references) if _appearance(info) else 0.0 for i, info in candidates.items()}
 
 
 class Uncertain(Strategy):
-    """The most uncertain unlabelled image (see the module doc)."""
+    """The most uncertain, most novel unlabelled image (see the module doc)."""
 
-    def __init__(self, channel_suffixes: Callable[[], Sequence[str]] | None = None):
-        super().__init__("Most uncertain unlabelled case first (needs the lymph_node_uncertainty scores)")
+    def __init__(
+        self,
+        channel_suffixes: Callable[[], Sequence[str]] | None = None,
+        novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
+    ):
+        super().__init__(
+            "Most uncertain unlabelled case first, unlike the labelled ones (needs the lymph_node_uncertainty scores)"
+        )
         self.channel_suffixes = channel_suffixes  # a case's other sequences are not cases of their own
+        self.novelty_weight = float(novelty_weight)
 
     def _suffixes(self) -> tuple[str, ...]:
         try:
@@ -46,18 +79,32 @@ class Uncertain(Strategy):
 
     def __call__(self, request, datastore: Datastore):
         suffixes = self._suffixes()
+        chosen: dict[str, Any] = {}
 
-        def choose(infos: dict[str, dict[str, Any]]) -> str | None:
-            ids = [i for i in infos if not (suffixes and i.endswith(suffixes))]
-            return min(ids, key=lambda i: rank_key(i, infos[i])) if ids else None
+        def case(i: str) -> bool:
+            return not (suffixes and i.endswith(suffixes))
+
+        def choose(unlabelled: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]]) -> str | None:
+            candidates = {i: info for i, info in unlabelled.items() if case(i)}
+            if not candidates:
+                return None
+            novel = dict.fromkeys(candidates, 0.0)
+            if self.novelty_weight:
+                novel = novelties(candidates, {i: info for i, info in labelled.items() if case(i)})
+            best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i]))
+            uncertainty = (candidates[best].get(SCORE_KEY) or {}).get("score")
+            priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
+            chosen.update(score=priority, uncertainty=uncertainty, novelty=round(novel[best], 4))
+            return best
 
         if hasattr(datastore, "claim_image"):
             image_id = datastore.claim_image(choose, SERVED_KEY)
         else:  # a datastore without lnnode's claim (e.g. DICOMweb): rank, no served stamp
-            infos = {i: datastore.get_image_info(i) for i in datastore.get_unlabeled_images()}
-            image_id = choose(infos)
+            final = DefaultLabelTag.FINAL.value
+            unlabelled = {i: datastore.get_image_info(i) for i in datastore.get_unlabeled_images(final)}
+            labelled = {i: datastore.get_image_info(i) for i in datastore.get_labeled_images(final)}
+            image_id = choose(unlabelled, labelled)
         if image_id is None:
             return {}
-        score = (datastore.get_image_info(image_id).get(SCORE_KEY) or {}).get("score")
-        logger.info(f"uncertain: serving {image_id} (score {score})")
-        return {"id": image_id, "score": score}
+        logger.info(f"uncertain: serving {image_id} ({chosen})")
+        return {"id": image_id, **chosen}

@@ -14,6 +14,10 @@ once more on the left-right mirrored volume. Three numbers, each in [0, 1]:
 and the model versions in the image's info under ``lymph_node_uncertainty``. An image whose score was
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
+
+Every image, labelled or not, also gets its appearance (:mod:`.appearance`) under
+``lymph_node_appearance``, once per detector preprocessing: the ``uncertain`` strategy adds the
+novelty of a case against the labelled ones to its score.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from typing import Any
 
 import numpy as np
+from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
@@ -31,6 +36,7 @@ from ..errors import ModelNotReady
 from ..geometry import ImageGeometry
 from ..trainers.datalist import companion_ids
 from ..transforms import LoadVolumed
+from .appearance import APPEARANCE_KEY, appearance
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,21 @@ class NodeUncertaintyScoring(ScoringMethod):
                 versions[stage.name] = None
         return versions
 
+    def _preprocessing(self) -> dict[str, Any]:
+        """What the appearance depends on: the detector's grid, intensity normalisation and sequences."""
+        meta = self.pipeline.detection.checkpoint().meta
+        return {
+            "spacing": list(meta["network"]["spacing"]),
+            "intensity": meta["preprocessing"]["intensity"],
+            "channel_suffixes": list(meta["preprocessing"].get("channel_suffixes", [])),
+        }
+
+    def appearance_of(self, image: str | list[str]) -> dict[str, Any]:
+        """The appearance of one image as the detector sees it (its pre-transforms: grid, intensity, body)."""
+        data = Compose(self.pipeline.detection.pre_transforms({}))({"image": image})
+        rows = appearance(np.asarray(data["image"]))
+        return {"histograms": np.round(rows, 4).tolist(), "preprocessing": self._preprocessing()}
+
     def score_image(self, image: str | list[str], image_id: str, device: str = "cpu") -> dict[str, Any]:
         """The uncertainty of one image (``image``: path, or the case's sequence paths)."""
         begin = time.perf_counter()
@@ -139,6 +160,7 @@ class NodeUncertaintyScoring(ScoringMethod):
         if self.pipeline.detection.name in versions and versions[self.pipeline.detection.name] is None:
             return {"scored": [], "skipped": [], "failed": {}, "reason": "no detector weights: nothing to score with"}
         suffixes = self.pipeline.channel_suffixes()
+        described = self._describe(datastore, suffixes)
         scored, skipped, failed = [], [], {}
         for image_id in sorted(datastore.get_unlabeled_images(tag)):
             if image_id.endswith(tuple(suffixes)) and suffixes:
@@ -162,4 +184,25 @@ class NodeUncertaintyScoring(ScoringMethod):
             datastore.update_image_info(image_id, {SCORE_KEY: info})
             scored.append(image_id)
         logger.info(f"uncertainty: scored {len(scored)}, up to date {len(skipped)}, failed {len(failed)}")
-        return {"scored": scored, "skipped": skipped, "failed": failed, "models": versions}
+        return {"scored": scored, "skipped": skipped, "failed": failed, "models": versions, "described": described}
+
+    def _describe(self, datastore: Datastore, suffixes: list[str]) -> list[str]:
+        """Store the appearance of every case (labelled or not) that lacks one for this preprocessing."""
+        preprocessing = self._preprocessing()
+        described = []
+        for image_id in sorted(datastore.list_images()):
+            if suffixes and image_id.endswith(tuple(suffixes)):
+                continue
+            if (datastore.get_image_info(image_id).get(APPEARANCE_KEY) or {}).get("preprocessing") == preprocessing:
+                continue
+            paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
+            try:
+                if not all(paths):
+                    raise ValueError(f"a sequence {suffixes} is missing")
+                info = self.appearance_of(paths if suffixes else paths[0])
+            except Exception as e:  # novelty is a tie-breaker: an image without one still gets served
+                logger.warning(f"{image_id}: no appearance: {e}")
+                continue
+            datastore.update_image_info(image_id, {APPEARANCE_KEY: info})
+            described.append(image_id)
+        return described
