@@ -15,7 +15,13 @@ from ignite.engine import Engine, Events
 from lnnode.lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, novelties, rank_key
 from lnnode.lib.geometry import ImageGeometry
 from lnnode.lib.review import review_stats, summarise_reviews
-from lnnode.lib.scoring.appearance import APPEARANCE_KEY, appearance, appearance_distance, novelty
+from lnnode.lib.scoring.appearance import (
+    APPEARANCE_KEY,
+    appearance,
+    appearance_distance,
+    nearest_distances,
+    novelty,
+)
 from lnnode.lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
 from lnnode.lib.trainers.handlers import PublishBestModel
 from lnnode.lib.transforms import RandFocusCropd
@@ -207,3 +213,22 @@ def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
     assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "fatty"
     infos["like_labelled"][SCORE_KEY]["score"] = 1.5
     assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "like_labelled"
+
+    # what a reader may have written into the info by hand does not break the ranking
+    odd = {
+        "ragged": {APPEARANCE_KEY: {"histograms": [[0.1, 0.2], [0.3]]}, SCORE_KEY: {"score": "high"}},
+        "not_a_dict": {APPEARANCE_KEY: "x", SCORE_KEY: 7, SERVED_KEY: "yesterday"},
+        "nan": {APPEARANCE_KEY: {"histograms": [[float("nan")] * 16] * 2}, SCORE_KEY: {"score": float("nan")}},
+    }
+    assert novelties(odd, labelled, now) == dict.fromkeys(odd, 0.0)
+    assert all(rank_key(i, info)[0] for i, info in odd.items()), "no usable score: ranked as unscored"
+
+
+def test_nearest_distances_match_the_pairwise_distance():
+    rng = np.random.default_rng(4)
+    looks = np.sqrt(rng.dirichlet(np.ones(16), size=(30, 2)))  # 30 appearances of 2 root histograms
+    nearest = nearest_distances(looks[:20], looks[20:], chunk=7)
+    brute = [min(appearance_distance(c, r) for r in looks[20:]) for c in looks[:20]]
+    assert nearest == pytest.approx(brute, abs=1e-9)
+    assert nearest_distances(looks[:3], looks[:3]) == pytest.approx([0.0] * 3, abs=1e-6)
+    assert np.isinf(nearest_distances(looks[:3], np.zeros((0, 2, 16)))).all()

@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from ..scoring import APPEARANCE_KEY, SCORE_KEY, novelty
+from ..scoring import APPEARANCE_KEY, SCORE_KEY
+from ..scoring.appearance import nearest_distances
 
 logger = logging.getLogger(__name__)
 
@@ -34,27 +36,59 @@ IN_REVIEW_SECONDS = 3600.0  # a case served this recently and not labelled yet c
 DEFAULT_NOVELTY_WEIGHT = 1.0
 
 
+def _field(info: dict[str, Any], key: str, field: str) -> Any:
+    entry = info.get(key)
+    return entry.get(field) if isinstance(entry, dict) else None
+
+
+def uncertainty_of(info: dict[str, Any]) -> float | None:
+    """The stored uncertainty score; None if there is none (or it is not a finite number: info is writable)."""
+    score = _field(info, SCORE_KEY, "score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not np.isfinite(score):
+        return None
+    return float(score)
+
+
 def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0) -> tuple:
     """Sort key: scored before unscored, higher score + ``bonus`` first, least recently served, then id."""
-    score = (info.get(SCORE_KEY) or {}).get("score")
-    return (score is None, -((score or 0.0) + bonus), float(info.get(SERVED_KEY) or 0.0), image_id)
+    score = uncertainty_of(info)
+    return (score is None, -((score or 0.0) + bonus), _served(info), image_id)
 
 
-def _appearance(info: dict[str, Any]) -> Any:
-    return (info.get(APPEARANCE_KEY) or {}).get("histograms")
+def _served(info: dict[str, Any]) -> float:
+    try:
+        return float(info.get(SERVED_KEY) or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _appearance(info: dict[str, Any]) -> np.ndarray | None:
+    try:
+        look = np.asarray(_field(info, APPEARANCE_KEY, "histograms"), dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return look if look.ndim == 2 and look.size and np.isfinite(look).all() else None
 
 
 def novelties(
     candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float | None = None
 ) -> dict[str, float]:
     """Novelty of each candidate against the labelled cases and the candidates served in the last
-    ``IN_REVIEW_SECONDS`` (a case being reviewed is itself a reference: its own novelty is 0)."""
+    ``IN_REVIEW_SECONDS`` (a case being reviewed is itself a reference: its own novelty is 0). A case
+    without an appearance, or with nothing comparable (other sequences) to compare to, has novelty 0."""
     now = time.time() if now is None else now
-    in_review = [i for i in candidates if now - float(candidates[i].get(SERVED_KEY) or 0.0) < IN_REVIEW_SECONDS]
-    references = [_appearance(info) for info in labelled.values()]
-    references += [_appearance(candidates[i]) for i in in_review]
-    references = [r for r in references if r is not None]
-    return {i: novelty(_appearance(info), references) if _appearance(info) else 0.0 for i, info in candidates.items()}
+    in_review = [i for i, info in candidates.items() if now - _served(info) < IN_REVIEW_SECONDS]
+    looks = {i: a for i, info in candidates.items() if (a := _appearance(info)) is not None}
+    references: dict[tuple, list[np.ndarray]] = {}
+    for a in [_appearance(info) for info in labelled.values()] + [looks.get(i) for i in in_review]:
+        if a is not None:
+            references.setdefault(a.shape, []).append(a)
+    out = dict.fromkeys(candidates, 0.0)
+    for shape in {a.shape for a in looks.values()}:
+        ids = [i for i, a in looks.items() if a.shape == shape]
+        nearest = nearest_distances(np.stack([looks[i] for i in ids]), np.asarray(references.get(shape, [])))
+        out.update({i: float(d) for i, d in zip(ids, nearest, strict=True) if np.isfinite(d)})
+    return out
 
 
 class Uncertain(Strategy):
@@ -92,7 +126,7 @@ class Uncertain(Strategy):
             if self.novelty_weight:
                 novel = novelties(candidates, {i: info for i, info in labelled.items() if case(i)})
             best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i]))
-            uncertainty = (candidates[best].get(SCORE_KEY) or {}).get("score")
+            uncertainty = uncertainty_of(candidates[best])
             priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
             chosen.update(score=priority, uncertainty=uncertainty, novelty=round(novel[best], 4))
             return best

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..transforms import BODY_THRESHOLD
 
-__all__ = ["APPEARANCE_KEY", "BINS", "appearance", "appearance_distance", "novelty"]
+__all__ = ["APPEARANCE_KEY", "BINS", "appearance", "appearance_distance", "nearest_distances", "novelty"]
 
 APPEARANCE_KEY = "lymph_node_appearance"
 BINS = 16
@@ -61,8 +61,25 @@ def appearance_distance(a: Sequence[Sequence[float]], b: Sequence[Sequence[float
     return float(np.mean(np.linalg.norm(a - b, axis=1)) / np.sqrt(2.0))
 
 
+def nearest_distances(candidates: np.ndarray, references: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Distance of each of N appearances (N, R, B) to its nearest of M references (M, R, B), all at once
+    (a pool of thousands is ranked under the datastore lock). Inf where there is no reference."""
+    candidates, references = np.asarray(candidates, dtype=float), np.asarray(references, dtype=float)
+    if not len(references):
+        return np.full(len(candidates), np.inf)
+    out = np.empty(len(candidates))
+    ref_sq = np.einsum("mrb,mrb->mr", references, references)
+    for start in range(0, len(candidates), chunk):
+        c = candidates[start : start + chunk]
+        # |c - f|^2 = |c|^2 + |f|^2 - 2 c.f, per histogram row r
+        sq = np.einsum("nrb,nrb->nr", c, c)[:, None, :] + ref_sq[None] - 2 * np.einsum("nrb,mrb->nmr", c, references)
+        distances = np.sqrt(np.clip(sq, 0.0, None)).mean(axis=2) / np.sqrt(2.0)
+        out[start : start + chunk] = distances.min(axis=1)
+    return out
+
+
 def novelty(candidate: Any, references: Iterable[Any]) -> float:
     """Distance of ``candidate`` to the nearest comparable reference appearance (0 without one)."""
-    distances = [appearance_distance(candidate, r) for r in references]
-    distances = [d for d in distances if d is not None]
-    return min(distances) if distances else 0.0
+    candidate = np.asarray(candidate, dtype=float)
+    comparable = [r for r in references if np.shape(r) == candidate.shape]
+    return float(nearest_distances(candidate[None], np.asarray(comparable))[0]) if comparable else 0.0
