@@ -243,9 +243,9 @@ SAME_RUN = ("pool", "test", "seed_cases", "k", "rounds", "seed_det_epochs", "see
             "cls_epochs", "val_split", "real_share", "seed")  # fmt: skip
 
 
-def kept_arms(path: Path, args) -> tuple[dict, list[str]]:
-    """The arms of an earlier report in this folder that this run does not repeat (after checking that the
-    earlier run had the same data and loop settings)."""
+def kept_arms(path: Path, args) -> tuple[dict, list[str], dict]:
+    """The arms of an earlier report in this folder that this run does not repeat, their names and their
+    settings (after checking that the earlier run had the same data and loop settings)."""
     if not path.exists():
         raise SystemExit(f"--keep-arms: no earlier report {path}")
     earlier = json.loads(path.read_text())
@@ -254,7 +254,10 @@ def kept_arms(path: Path, args) -> tuple[dict, list[str]]:
     if differ:
         raise SystemExit(f"--keep-arms: the earlier run differs in {differ}")
     arms = {a: h for a, h in earlier["arms"].items() if a not in args.strategies}
-    return arms, sorted(arms)
+    # reports from before the novelty term ranked by uncertainty alone
+    weight = earlier["settings"].get("novelty_weight", 0.0)
+    settings = {a: earlier.get("arm_settings", {}).get(a, {"novelty_weight": weight}) for a in arms}
+    return arms, sorted(arms), settings
 
 
 def cases_to_reach(history: list[dict], target: dict) -> dict:
@@ -398,6 +401,7 @@ def main() -> int:
         args.det_epochs, args.cls_epochs, args.seed_det_epochs, args.seed_cls_epochs = 1, 2, 2, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    kept, kept_names, kept_settings = kept_arms(out / "active_learning.json", args) if args.keep_arms else ({}, [], {})
     truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases, args.real_share, args.seed)
     train_seed_models(seed_studies, out / "seed" / "models", args.seed_det_epochs, args.seed_cls_epochs)
     report = {
@@ -408,12 +412,13 @@ def main() -> int:
         ),
         "settings": vars(args),
         "hit_criterion": "IoU >= 0.1 (detection CPM and the simulated reader's matching)",
-        "arms": {},
+        "arms": kept,
+        "kept_arms": kept_names,
+        "arm_settings": {a: s for a, s in kept_settings.items() if a in kept_names},
     }
-    if args.keep_arms:
-        report["arms"], report["kept_arms"] = kept_arms(out / "active_learning.json", args)
     for strategy in args.strategies:
         report["arms"][strategy] = run_arm(strategy, out, truth, heldout, out / "seed", args)
+        report["arm_settings"][strategy] = {"novelty_weight": args.novelty_weight}
         (out / "active_learning.json").write_text(json.dumps(report, indent=2, default=float))
     if {"uncertain", "random"} <= set(report["arms"]):
         report["goal"] = goal(report["arms"]["uncertain"], report["arms"]["random"])

@@ -154,7 +154,7 @@ def test_uncertain_ranking_prefers_high_scores_then_the_least_recently_served():
         "c": {SCORE_KEY: {"score": 0.9}, SERVED_KEY: 2.0},
         "d": {},
     }
-    order = sorted(infos, key=lambda i: rank_key(i, infos[i]))
+    order = sorted(infos, key=lambda i: rank_key(i, infos[i], now=1e6))
     assert order == ["c", "b", "a", "d"]
 
 
@@ -190,29 +190,42 @@ def test_appearance_tells_kinds_of_case_apart_and_a_case_from_itself():
 
 
 def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
-    soft, fatty, noisy = (appearance(_tissue(i, m, n)).tolist() for i, m, n in ((0, 0.5, 0.02), (1, 0.2, 0.02),
-                                                                               (2, 0.5, 0.1)))  # fmt: skip
+    kinds = ((0, 0.5, 0.02), (1, 0.2, 0.02), (2, 0.5, 0.1), (3, 0.8, 0.02))  # seed, mean, noise
+    soft, fatty, noisy, bright = (appearance(_tissue(*kind)).tolist() for kind in kinds)
     now = 1e6
-    labelled = {"l1": {APPEARANCE_KEY: {"histograms": soft}}}
+    ct = {"version": 1, "spacing": [1.5, 1.5, 2.0]}
+
+    def look(histograms, preprocessing=ct) -> dict:
+        return {APPEARANCE_KEY: {"histograms": histograms, "preprocessing": preprocessing}}
+
+    labelled = {"l1": look(soft)}
     candidates = {
-        "like_labelled": {APPEARANCE_KEY: {"histograms": soft}},
-        "fatty": {APPEARANCE_KEY: {"histograms": fatty}},
-        "noisy_in_review": {APPEARANCE_KEY: {"histograms": noisy}, SERVED_KEY: now - 60},
-        "noisy_served_long_ago": {APPEARANCE_KEY: {"histograms": noisy}, SERVED_KEY: now - 2 * IN_REVIEW_SECONDS},
+        "like_labelled": look(soft),
+        "fatty": look(fatty),
+        "noisy_in_review": {**look(noisy), SERVED_KEY: now - 60},
+        "bright_served_long_ago": {**look(bright), SERVED_KEY: now - 2 * IN_REVIEW_SECONDS},
+        "noisy_other_grid": look(noisy, {**ct, "spacing": [1.0, 1.0, 1.0]}),
         "undescribed": {},
     }
     n = novelties(candidates, labelled, now)
     assert n["like_labelled"] == 0.0 and n["undescribed"] == 0.0
     assert n["noisy_in_review"] == 0.0, "a case being reviewed is its own reference"
-    assert n["noisy_served_long_ago"] == pytest.approx(0.0, abs=1e-9), "the same look as the one in review"
     assert n["fatty"] == pytest.approx(appearance_distance(fatty, soft)) and n["fatty"] > 0.3
-    assert novelties(candidates, {}, now)["fatty"] > 0.3  # only the case in review to compare with
+    assert n["bright_served_long_ago"] > 0.3, "served more than an hour ago: no longer a reference"
+    assert n["noisy_other_grid"] == 0.0, "made with another preprocessing: nothing comparable"
+    alone = novelties(candidates, {}, now)  # only the case in review to compare with
+    assert alone["fatty"] == pytest.approx(appearance_distance(fatty, noisy))
 
-    # with equal uncertainty the novel case ranks first; a clearly more uncertain case still wins
+    # with equal uncertainty the novel case ranks first; a clearly more uncertain case still wins;
+    # a case in review comes after every other, whatever its score
     infos = {"like_labelled": {SCORE_KEY: {"score": 0.2}}, "fatty": {SCORE_KEY: {"score": 0.2}}}
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "fatty"
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "fatty"
     infos["like_labelled"][SCORE_KEY]["score"] = 1.5
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i])) == "like_labelled"
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "like_labelled"
+    infos["like_labelled"][SERVED_KEY] = now - 60
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "fatty"
+    infos["fatty"][SERVED_KEY] = now - 30
+    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "like_labelled", "all in review: by score"
 
     # what a reader may have written into the info by hand does not break the ranking
     odd = {
@@ -221,7 +234,7 @@ def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
         "nan": {APPEARANCE_KEY: {"histograms": [[float("nan")] * 16] * 2}, SCORE_KEY: {"score": float("nan")}},
     }
     assert novelties(odd, labelled, now) == dict.fromkeys(odd, 0.0)
-    assert all(rank_key(i, info)[0] for i, info in odd.items()), "no usable score: ranked as unscored"
+    assert all(rank_key(i, info, 0.0, now)[1] for i, info in odd.items()), "no usable score: ranked as unscored"
 
 
 def test_nearest_distances_match_the_pairwise_distance():

@@ -96,17 +96,24 @@ def test_review_is_compared_with_the_model_result_and_versions_are_kept(start_se
     assert summary["cases"][0]["image"] == "ct_000"
 
 
-def _set_uncertainty(server, image: str, value: float) -> None:
-    data, headers = multipart({"info": json.dumps({"lymph_node_uncertainty": {"score": value}})}, {})
+def _set_info(server, image: str, uncertainty: float | None = None, **info) -> None:
+    if uncertainty is not None:
+        info["lymph_node_uncertainty"] = {"score": uncertainty}
+    data, headers = multipart({"info": json.dumps(info)}, {})
     assert server.request("PUT", f"/datastore/image/info?image={image}", data, headers)[0] == 200
 
 
-def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies, tmp_path):
-    studies = Path(shutil.copytree(studies, tmp_path / "studies"))  # this test adds a case
-    server = start_server(studies, device="cpu")
+def _score(server) -> dict:
     status, scored = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip
     assert status == 200, scored
+    return scored
+
+
+def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies, tmp_path):
+    studies = Path(shutil.copytree(studies, tmp_path / "studies"))  # this test adds a case and a label
+    server = start_server(studies, device="cpu")
+    scored = _score(server)
     status, ds = server.request("GET", "/datastore/?output=all")
     infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
     unlabelled = sorted(i for i, o in ds["objects"].items() if "final" not in o["labels"])
@@ -123,10 +130,8 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
         assert np.shape(look["histograms"]) == (2, 16) and look["preprocessing"]["spacing"] == [1.5, 1.5, 2.0]
 
     # up to date scores and appearances are not computed again
-    status, again = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
-                                   {"Content-Type": "application/json"})  # fmt: skip
-    assert status == 200 and again["scored"] == [] and sorted(again["skipped"]) == unlabelled
-    assert again["described"] == []
+    again = _score(server)
+    assert again["scored"] == [] and sorted(again["skipped"]) == unlabelled and again["described"] == []
 
     # the most uncertain case, counting novelty against the labelled cases (--conf al_novelty_weight 1)
     client = MONAILabelClient(server.url)
@@ -137,34 +142,41 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
     assert first["uncertainty"] == scores[top]["score"] and first["novelty"] == pytest.approx(novel[top], abs=1e-4)
     assert first["score"] == pytest.approx(scores[top]["score"] + novel[top], abs=1e-3)
 
-    # when the scores change, so does the order; equal scores go to the least recently served
+    # when the scores change, so does the order
     low = min(unlabelled, key=lambda i: scores[i]["score"])
     for image in unlabelled:
-        _set_uncertainty(server, image, 1.9 if image == low else 0.1)
+        _set_info(server, image, 1.9 if image == low else 0.1, lnnode_served_ts=0)
     assert client.next_sample("uncertain", {})["id"] == low
-    _set_uncertainty(server, low, 0.1)
+    # a case just served is being reviewed: the others go first, then it; none twice
+    _set_info(server, low, 0.1)
     served = [client.next_sample("uncertain", {})["id"] for _ in range(len(unlabelled))]
-    assert sorted(served) == unlabelled, "tied cases are handed out in turn, none twice"
+    assert served[-1] == low and sorted(served) == unlabelled, served
 
-    # at equal uncertainty, a case that looks unlike every other (another scanner calibration: the
-    # same anatomy 150 HU brighter) comes first; the cases just served count as being reviewed
-    image = sitk.ReadImage(str(studies / f"{unlabelled[0]}.nii.gz"), sitk.sitkFloat32) + 150.0
+    # at equal uncertainty, a case that looks unlike the labelled ones comes first: here another
+    # scanner calibration (a case's anatomy 150 HU brighter), against one case now labelled
+    reference, rest = unlabelled[0], unlabelled[1:]
+    truth = json.loads((studies / "labels" / "ground_truth" / f"{reference}.json").read_text())
+    assert put_label(server, reference, truth)[0] == 200
+    image = sitk.ReadImage(str(studies / f"{rest[0]}.nii.gz"), sitk.sitkFloat32) + 150.0
     sitk.WriteImage(image, str(tmp_path / "bright.nii.gz"))
     body, headers = multipart({}, {"file": ("bright.nii.gz", (tmp_path / "bright.nii.gz").read_bytes())})
     assert server.request("PUT", "/datastore/?image=ct_bright", body, headers)[0] == 200
-    status, scored = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}",
-                                    {"Content-Type": "application/json"})  # fmt: skip
-    assert status == 200 and scored["described"] == ["ct_bright"], scored
-    for image_id in [*unlabelled, "ct_bright"]:
-        _set_uncertainty(server, image_id, 0.1)
+    assert _score(server)["described"] == ["ct_bright"]
+    for image_id in [*rest, "ct_bright"]:
+        _set_info(server, image_id, 0.1, lnnode_served_ts=0)  # nobody is reviewing anything
     bright = client.next_sample("uncertain", {})
-    assert bright["id"] == "ct_bright" and bright["novelty"] > 0.2, bright
+    assert bright["id"] == "ct_bright" and bright["novelty"] > 0.2, bright  # ids alone would put it last
+    status, ds = server.request("GET", "/datastore/?output=all")
+    infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
+    others = novelties({i: infos[i] for i in rest}, {reference: infos[reference]})
+    assert bright["novelty"] > max(others.values()), (bright, others)
 
-    # novelty off: uncertainty alone, ties to the least recently served
+    # novelty off: uncertainty alone, then the least recently served, then the id
     server.stop()
     server = start_server(studies, device="cpu", al_novelty_weight="0")
+    _set_info(server, "ct_bright", lnnode_served_ts=0)
     answer = MONAILabelClient(server.url).next_sample("uncertain", {})
-    assert answer["novelty"] == 0.0 and answer["id"] == served[0], "the least recently served"
+    assert answer["id"] == rest[0] and answer["novelty"] == 0.0, answer
 
     status, answer = server.request("POST", "/activelearning/no_such_strategy", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip

@@ -255,6 +255,16 @@ class LnnodeDatastore(LocalDatastore):
             self._object(image_id).image.info.update(info)
             self._update_datastore_file(lock=False)
 
+    def update_image_infos(self, infos: dict[str, dict[str, Any]]) -> None:
+        """Update many images' info with one write of the datastore file (a pool of thousands)."""
+        for image_id in infos:
+            self._object(image_id)
+        with self._file_lock:
+            self._reload_if_changed()
+            for image_id, info in infos.items():
+                self._object(image_id).image.info.update(info)
+            self._update_datastore_file(lock=False)
+
     # -- labels -------------------------------------------------------------------------------------
     def _validate_label_file(self, image_id: str, label_filename: str, tag: str, suffix: str) -> None:
         if suffix == ".json":

@@ -3,18 +3,21 @@
 Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info (written
 by :class:`lnnode.lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
 unlike every reference case they look (:mod:`lnnode.lib.scoring.appearance`; references are the
-labelled cases and those served in the last hour, i.e. being reviewed). Uncertainty says where the
-models go wrong; novelty keeps the choice from staying with one kind of case, and decides while the
-models are too weak to be uncertain about anything (a cold detector that finds nothing scores 0
-everywhere). ``novelty_weight`` 0 ranks by uncertainty alone.
+labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty keeps
+the choice from staying with one kind of case, and decides while the models are too weak to be
+uncertain about anything (a cold detector that finds nothing scores 0 everywhere).
+``novelty_weight`` 0 ranks by uncertainty alone.
 
-Highest first; images not scored yet rank after every scored one; equal priorities go to the least
-recently served first. The choice and the "served" stamp are one step under the datastore's lock, so
-two radiologists asking at the same time get different cases while there are two to give.
+A case served in the last ``IN_REVIEW_SECONDS`` and not labelled yet is being reviewed: it is served
+again only when every other case is too. Otherwise highest priority first; images not scored yet rank
+after every scored one; equal priorities go to the least recently served first. The choice and the
+"served" stamp are one step under the datastore's lock, so two radiologists asking at the same time
+get different cases while there are two to give.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,10 +52,13 @@ def uncertainty_of(info: dict[str, Any]) -> float | None:
     return float(score)
 
 
-def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0) -> tuple:
-    """Sort key: scored before unscored, higher score + ``bonus`` first, least recently served, then id."""
+def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0, now: float | None = None) -> tuple:
+    """Sort key: not in review before in review, scored before unscored, higher score + ``bonus`` first,
+    least recently served, then id."""
     score = uncertainty_of(info)
-    return (score is None, -((score or 0.0) + bonus), _served(info), image_id)
+    served = _served(info)
+    in_review = (time.time() if now is None else now) - served < IN_REVIEW_SECONDS
+    return (in_review, score is None, -((score or 0.0) + bonus), served, image_id)
 
 
 def _served(info: dict[str, Any]) -> float:
@@ -62,12 +68,18 @@ def _served(info: dict[str, Any]) -> float:
         return 0.0
 
 
-def _appearance(info: dict[str, Any]) -> np.ndarray | None:
+def _appearance(info: dict[str, Any]) -> tuple[str, np.ndarray] | None:
+    """(preprocessing it was made with, histograms), or None where there is none usable."""
+    entry = info.get(APPEARANCE_KEY)
+    if not isinstance(entry, dict):
+        return None
     try:
-        look = np.asarray(_field(info, APPEARANCE_KEY, "histograms"), dtype=float)
+        look = np.asarray(entry.get("histograms"), dtype=float)
     except (TypeError, ValueError):
         return None
-    return look if look.ndim == 2 and look.size and np.isfinite(look).all() else None
+    if look.ndim != 2 or not look.size or not np.isfinite(look).all():
+        return None
+    return json.dumps(entry.get("preprocessing"), sort_keys=True), look
 
 
 def novelties(
@@ -79,14 +91,15 @@ def novelties(
     now = time.time() if now is None else now
     in_review = [i for i, info in candidates.items() if now - _served(info) < IN_REVIEW_SECONDS]
     looks = {i: a for i, info in candidates.items() if (a := _appearance(info)) is not None}
+    # only appearances made the same way (preprocessing, sequences) are compared
     references: dict[tuple, list[np.ndarray]] = {}
     for a in [_appearance(info) for info in labelled.values()] + [looks.get(i) for i in in_review]:
         if a is not None:
-            references.setdefault(a.shape, []).append(a)
+            references.setdefault((a[0], a[1].shape), []).append(a[1])
     out = dict.fromkeys(candidates, 0.0)
-    for shape in {a.shape for a in looks.values()}:
-        ids = [i for i, a in looks.items() if a.shape == shape]
-        nearest = nearest_distances(np.stack([looks[i] for i in ids]), np.asarray(references.get(shape, [])))
+    for kind in {(a[0], a[1].shape) for a in looks.values()}:
+        ids = [i for i, a in looks.items() if (a[0], a[1].shape) == kind]
+        nearest = nearest_distances(np.stack([looks[i][1] for i in ids]), np.asarray(references.get(kind, [])))
         out.update({i: float(d) for i, d in zip(ids, nearest, strict=True) if np.isfinite(d)})
     return out
 
@@ -122,10 +135,11 @@ class Uncertain(Strategy):
             candidates = {i: info for i, info in unlabelled.items() if case(i)}
             if not candidates:
                 return None
+            now = time.time()
             novel = dict.fromkeys(candidates, 0.0)
             if self.novelty_weight:
-                novel = novelties(candidates, {i: info for i, info in labelled.items() if case(i)})
-            best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i]))
+                novel = novelties(candidates, {i: info for i, info in labelled.items() if case(i)}, now)
+            best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i], now))
             uncertainty = uncertainty_of(candidates[best])
             priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
             chosen.update(score=priority, uncertainty=uncertainty, novelty=round(novel[best], 4))

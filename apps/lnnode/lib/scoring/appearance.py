@@ -11,7 +11,7 @@ roots, so that the Euclidean distance of two, over sqrt(2), is their Hellinger d
 distribution, 1 for disjoint ones. Two appearances differ by the mean over their histograms; the
 novelty of a case is its distance to the nearest reference (the labelled cases and those being
 reviewed). The appearance does not depend on the model weights, only on the preprocessing, so it is
-computed once per image.
+computed once per image; only appearances made with the same preprocessing are compared.
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ import numpy as np
 
 from ..transforms import BODY_THRESHOLD
 
-__all__ = ["APPEARANCE_KEY", "BINS", "appearance", "appearance_distance", "nearest_distances", "novelty"]
+__all__ = [
+    "APPEARANCE_KEY",
+    "APPEARANCE_VERSION",
+    "BINS",
+    "appearance",
+    "appearance_distance",
+    "nearest_distances",
+    "novelty",
+]
 
 APPEARANCE_KEY = "lymph_node_appearance"
+APPEARANCE_VERSION = 1  # bump when the histograms change (bins, ranges): stored ones are then recomputed
 BINS = 16
 # normalised intensity per voxel of the detector grid: tissue edges reach about 0.3, noise stays below
 GRADIENT_RANGE = (0.0, 0.3)

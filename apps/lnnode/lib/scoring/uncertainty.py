@@ -36,7 +36,7 @@ from ..errors import ModelNotReady
 from ..geometry import ImageGeometry
 from ..trainers.datalist import companion_ids
 from ..transforms import LoadVolumed
-from .appearance import APPEARANCE_KEY, appearance
+from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class NodeUncertaintyScoring(ScoringMethod):
         """What the appearance depends on: the detector's grid, intensity normalisation and sequences."""
         meta = self.pipeline.detection.checkpoint().meta
         return {
+            "version": APPEARANCE_VERSION,
             "spacing": list(meta["network"]["spacing"]),
             "intensity": meta["preprocessing"]["intensity"],
             "channel_suffixes": list(meta["preprocessing"].get("channel_suffixes", [])),
@@ -186,23 +187,40 @@ class NodeUncertaintyScoring(ScoringMethod):
         logger.info(f"uncertainty: scored {len(scored)}, up to date {len(skipped)}, failed {len(failed)}")
         return {"scored": scored, "skipped": skipped, "failed": failed, "models": versions, "described": described}
 
-    def _describe(self, datastore: Datastore, suffixes: list[str]) -> list[str]:
-        """Store the appearance of every case (labelled or not) that lacks one for this preprocessing."""
+    def _describe(self, datastore: Datastore, suffixes: list[str], batch: int = 64) -> list[str]:
+        """Store the appearance of every case (labelled or not) that lacks one for this preprocessing;
+        written in batches (one datastore write per ``batch`` images, not per image)."""
         preprocessing = self._preprocessing()
-        described = []
+        described: list[str] = []
+        pending: dict[str, dict[str, Any]] = {}
         for image_id in sorted(datastore.list_images()):
             if suffixes and image_id.endswith(tuple(suffixes)):
                 continue
-            if (datastore.get_image_info(image_id).get(APPEARANCE_KEY) or {}).get("preprocessing") == preprocessing:
+            stored = datastore.get_image_info(image_id).get(APPEARANCE_KEY)
+            if isinstance(stored, dict) and stored.get("preprocessing") == preprocessing:
                 continue
             paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
             try:
                 if not all(paths):
                     raise ValueError(f"a sequence {suffixes} is missing")
-                info = self.appearance_of(paths if suffixes else paths[0])
-            except Exception as e:  # novelty is a tie-breaker: an image without one still gets served
+                pending[image_id] = {APPEARANCE_KEY: self.appearance_of(paths if suffixes else paths[0])}
+                described.append(image_id)
+            except Exception as e:  # without an appearance a case is still served, on its uncertainty
                 logger.warning(f"{image_id}: no appearance: {e}")
-                continue
-            datastore.update_image_info(image_id, {APPEARANCE_KEY: info})
-            described.append(image_id)
+                if stored is not None:
+                    pending[image_id] = {APPEARANCE_KEY: None}  # an outdated one must not be compared
+            if len(pending) >= batch:
+                _update_infos(datastore, pending)
+                pending = {}
+        _update_infos(datastore, pending)
         return described
+
+
+def _update_infos(datastore: Datastore, infos: dict[str, dict[str, Any]]) -> None:
+    if not infos:
+        return
+    if hasattr(datastore, "update_image_infos"):
+        datastore.update_image_infos(infos)
+    else:
+        for image_id, info in infos.items():
+            datastore.update_image_info(image_id, info)
