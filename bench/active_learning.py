@@ -308,7 +308,7 @@ def summarise(runs: list[Path], png: Path) -> dict:
     """Mean learning curves over repeated runs (same settings, other phantom seeds), the goal judged on
     the means and per run, and one plot: mean with the runs' range, per arm."""
     reports = [json.loads((run / "active_learning.json").read_text()) for run in runs]
-    arms = [a for a in ("uncertain", "random") if all(a in r["arms"] for r in reports)]
+    arms = [a for a in reports[0]["arms"] if all(a in r["arms"] for r in reports)]  # e.g. also MONAI's "first"
     means: dict[str, list[dict]] = {}
     for arm in arms:
         curves = [r["arms"][arm] for r in reports]
