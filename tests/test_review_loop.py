@@ -112,7 +112,7 @@ def _score(server) -> dict:
 
 def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies, tmp_path):
     studies = Path(shutil.copytree(studies, tmp_path / "studies"))  # this test adds a case and a label
-    server = start_server(studies, device="cpu")
+    server = start_server(studies, device="cpu", al_novelty_weight="1")
     scored = _score(server)
     status, ds = server.request("GET", "/datastore/?output=all")
     infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
@@ -136,7 +136,7 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
     again = _score(server)
     assert again["scored"] == [] and sorted(again["skipped"]) == unlabelled and again["described"] == []
 
-    # the most uncertain case, counting novelty against the labelled cases (--conf al_novelty_weight 1)
+    # the most uncertain case, counting novelty against the labelled cases
     client = MONAILabelClient(server.url)
     novel = novelties({i: infos[i] for i in unlabelled}, labelled)
     top = min(unlabelled, key=lambda i: (-(scores[i]["score"] + novel[i]), i))
@@ -174,12 +174,17 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
     others = novelties({i: infos[i] for i in rest}, {reference: infos[reference]})
     assert bright["novelty"] > max(others.values()), (bright, others)
 
-    # novelty off: uncertainty alone, then the least recently served, then the id
+    # novelty off (the default): uncertainty alone, then the least recently served, then the id; no
+    # appearances computed
     server.stop()
-    server = start_server(studies, device="cpu", al_novelty_weight="0")
+    server = start_server(studies, device="cpu")
     _set_info(server, "ct_bright", lnnode_served_ts=0)
     answer = MONAILabelClient(server.url).next_sample("uncertain", {})
     assert answer["id"] == rest[0] and answer["novelty"] == 0.0, answer
+    assert server.request("PUT", "/datastore/?image=ct_bright2", body, headers)[0] == 200
+    scored = _score(server)
+    assert "ct_bright2" in scored["scored"] and scored["described"] == []
+    assert APPEARANCE_KEY not in server.request("GET", "/datastore/image/info?image=ct_bright2")[1]
 
     status, answer = server.request("POST", "/activelearning/no_such_strategy", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip

@@ -149,7 +149,10 @@ class LymphNodeApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         methods: dict[str, ScoringMethod] = {}
         if PIPELINE in self._infers:
-            methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(self._infers[PIPELINE])
+            # appearances are only needed when the strategy ranks by novelty
+            methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(
+                self._infers[PIPELINE], describe=self.novelty_weight > 0
+            )
         for config in self.models.values():
             m = config.scoring_method()
             if m:

@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_NOVELTY_WEIGHT", "IN_REVIEW_SECONDS", "SERVED_KEY", "Uncerta
 
 SERVED_KEY = "lnnode_served_ts"
 IN_REVIEW_SECONDS = 3600.0  # a case served this recently and not labelled yet counts as being reviewed
-DEFAULT_NOVELTY_WEIGHT = 1.0
+DEFAULT_NOVELTY_WEIGHT = 0.0  # off: on the benchmark's pool novelty served atypical cases first (docs/loop.md)
 
 
 def _field(info: dict[str, Any], key: str, field: str) -> Any:

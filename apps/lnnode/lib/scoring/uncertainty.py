@@ -22,9 +22,10 @@ and the model versions in the image's info under ``lymph_node_uncertainty``. An 
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
 
-Every image, labelled or not, also gets its appearance (:mod:`.appearance`) under
-``lymph_node_appearance``, once per detector preprocessing: the ``uncertain`` strategy adds the
-novelty of a case against the labelled ones to its score.
+With ``describe`` (the app sets it when ``--conf al_novelty_weight`` is above 0) every image, labelled
+or not, also gets its appearance (:mod:`.appearance`) under ``lymph_node_appearance``, once per
+detector preprocessing: the ``uncertain`` strategy then adds the novelty of a case against the
+labelled ones to its score.
 """
 
 from __future__ import annotations
@@ -114,9 +115,12 @@ class NodeUncertaintyScoring(ScoringMethod):
     """Scores every image without a ``final`` label (see the module doc). Request: ``force``, ``device``,
     ``label_tag`` (the tag that counts as labelled), ``limit`` (score at most this many images)."""
 
-    def __init__(self, pipeline: Any):
-        super().__init__("Model uncertainty per unlabelled image (node entropy + detection disagreement under TTA)")
+    def __init__(self, pipeline: Any, describe: bool = True):
+        super().__init__(
+            "Model uncertainty per unlabelled image (node entropy, detection disagreement under TTA, candidate entropy)"
+        )
         self.pipeline = pipeline
+        self.describe = describe  # also store every case's appearance (for novelty)
 
     def _versions(self) -> dict[str, str | None]:
         from ..infers.detection import model_version
@@ -191,7 +195,7 @@ class NodeUncertaintyScoring(ScoringMethod):
         if self.pipeline.detection.name in versions and versions[self.pipeline.detection.name] is None:
             return {"scored": [], "skipped": [], "failed": {}, "reason": "no detector weights: nothing to score with"}
         suffixes = self.pipeline.channel_suffixes()
-        described = self._describe(datastore, suffixes)
+        described = self._describe(datastore, suffixes) if self.describe else []
         scored, skipped, failed = [], [], {}
         for image_id in sorted(datastore.get_unlabeled_images(tag)):
             if image_id.endswith(tuple(suffixes)) and suffixes:
