@@ -22,13 +22,7 @@ from lnnode.lib.scoring.appearance import (
     nearest_distances,
     novelty,
 )
-from lnnode.lib.scoring.uncertainty import (
-    SCORE_KEY,
-    binary_entropy,
-    candidate_entropy,
-    detection_disagreement,
-    mirror_nodes,
-)
+from lnnode.lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
 from lnnode.lib.trainers.handlers import PublishBestModel
 from lnnode.lib.transforms import RandFocusCropd
 
@@ -142,13 +136,6 @@ def test_uncertainty_parts():
     assert detection_disagreement([], []) == 0.0
     half = detection_disagreement(a, [dict(a[0], detection_score=0.4)])
     assert half == pytest.approx(0.4 / 1.2)
-
-    # the detector's doubt below its threshold: the mean entropy of its 10 best candidates
-    assert candidate_entropy([0.5] * 10) == pytest.approx(1.0)
-    assert candidate_entropy([0.5] * 5) == pytest.approx(0.5), "missing candidates count as sure"
-    assert candidate_entropy([0.5] * 10 + [0.06] * 50) == pytest.approx(1.0), "only the 10 best count"
-    assert candidate_entropy([0.99] * 10) < candidate_entropy([0.3] * 10) < candidate_entropy([0.45] * 10)
-    assert candidate_entropy([]) == 0.0
 
     # mirroring twice along an index axis is the identity, for an oblique anisotropic grid
     direction = np.array([[0.9, -0.1, 0.42], [0.2, 0.97, -0.1], [-0.38, 0.18, 0.9]])

@@ -121,10 +121,7 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
     assert unlabelled and set(scored["scored"]) | set(scored["skipped"]) == set(unlabelled)
     scores = {i: infos[i]["lymph_node_uncertainty"] for i in unlabelled}
     for s in scores.values():
-        assert 0.0 <= s["score"] <= 3.0 and 0.0 <= s["detection_disagreement"] <= 1.0
-        assert 0.0 < s["candidate_entropy"] <= 1.0, "the demo detector has candidates below its threshold"
-        parts = 0.5 * (s["mean_entropy"] + s["max_entropy"]) + s["detection_disagreement"] + s["candidate_entropy"]
-        assert s["score"] == pytest.approx(parts, abs=2e-4)
+        assert 0.0 <= s["score"] <= 2.0 and 0.0 <= s["detection_disagreement"] <= 1.0
         assert s["models"]["lymph_node_detection"].startswith("lymph_node_detection")
     # every case, labelled or not, has its appearance on the detector's grid
     assert sorted(scored["described"]) == sorted(infos)

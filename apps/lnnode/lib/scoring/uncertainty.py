@@ -1,23 +1,16 @@
 """``lymph_node_uncertainty``: how unsure the current models are about each unlabelled image.
 
-Per image the pipeline runs once (classifier with its flip test-time augmentation), the detector
-once more on the left-right mirrored volume and once with its score threshold lowered to
-``CANDIDATE_FLOOR``. Four numbers, each in [0, 1]:
+Per image the pipeline runs once (classifier with its flip test-time augmentation) and the detector
+once more on the left-right mirrored volume. Three numbers, each in [0, 1]:
 
 * ``mean_entropy`` (weighted by detection score: a faint box counts little) and ``max_entropy`` over
   the detected nodes of the binary entropy (bits) of ``p_metastasis`` (of the detection score where
   there is no classifier);
 * ``detection_disagreement``: score mass the two detector passes do not agree on (boxes of one pass
   with no box of the other within half a box size, plus the score differences of matched boxes),
-  over the total score mass;
-* ``candidate_entropy``: the detector's own doubt, below its operating threshold too: the mean binary
-  entropy of its ``TOP_CANDIDATES`` best candidate boxes (scores down to ``CANDIDATE_FLOOR``; missing
-  ones count 0). The terms above see only the boxes the detector reports; a detector that reports
-  nothing on a kind of case (a new scanner, a cold start) may still be unsure there, its candidates
-  scoring near 0.5, and that is where a reader's labels teach it most.
+  over the total score mass.
 
-``score = (mean_entropy + max_entropy) / 2 + detection_disagreement + candidate_entropy`` (0 to 3),
-stored with its parts
+``score = (mean_entropy + max_entropy) / 2 + detection_disagreement`` (0 to 2), stored with its parts
 and the model versions in the image's info under ``lymph_node_uncertainty``. An image whose score was
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
@@ -33,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,32 +41,15 @@ from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CANDIDATE_FLOOR",
-    "NodeUncertaintyScoring",
-    "SCORE_KEY",
-    "TOP_CANDIDATES",
-    "binary_entropy",
-    "candidate_entropy",
-    "detection_disagreement",
-    "mirror_nodes",
-]
+__all__ = ["NodeUncertaintyScoring", "SCORE_KEY", "binary_entropy", "detection_disagreement", "mirror_nodes"]
 
 SCORE_KEY = "lymph_node_uncertainty"
-CANDIDATE_FLOOR = 0.05  # candidate boxes scored below this are not doubt, just background
-TOP_CANDIDATES = 10
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
     """Entropy in bits of a Bernoulli(p): 0 at p = 0 or 1, 1 at p = 0.5."""
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
-def candidate_entropy(scores: Sequence[float], k: int = TOP_CANDIDATES) -> float:
-    """Mean binary entropy of the ``k`` highest candidate scores (fewer candidates: the rest count 0)."""
-    top = np.sort(np.asarray(scores, dtype=float))[::-1][:k]
-    return float(binary_entropy(top).sum() / k) if top.size else 0.0
 
 
 def mirror_nodes(nodes: list[dict[str, Any]], geometry: ImageGeometry, axis: int = 0) -> list[dict[str, Any]]:
@@ -164,10 +139,6 @@ class NodeUncertaintyScoring(ScoringMethod):
         stage = {"image": mirrored, "image_geometry": geometry, "image_id": image_id, "device": device}
         _, detected = self.pipeline.detection({**stage, "skip_writer": True})
         again = mirror_nodes(detected["result"]["nodes"], geometry, axis=0)
-        candidates_stage = {**stage, "image": np.asarray(loaded["image"]), "skip_writer": True}
-        candidates_stage.update(score_thresh=CANDIDATE_FLOOR, max_boxes=max(TOP_CANDIDATES, 100))
-        _, candidates = self.pipeline.detection(candidates_stage)
-        doubt = candidate_entropy([n["detection_score"] for n in candidates["result"]["nodes"]])
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
         entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
         weights = np.asarray([n["detection_score"] for n in nodes], dtype=float)
@@ -175,11 +146,10 @@ class NodeUncertaintyScoring(ScoringMethod):
         max_h = float(entropy.max()) if entropy.size else 0.0
         disagreement = detection_disagreement(nodes, again)
         return {
-            "score": round(0.5 * (mean_h + max_h) + disagreement + doubt, 4),
+            "score": round(0.5 * (mean_h + max_h) + disagreement, 4),
             "mean_entropy": round(mean_h, 4),
             "max_entropy": round(max_h, 4),
             "detection_disagreement": round(disagreement, 4),
-            "candidate_entropy": round(doubt, 4),
             "n_nodes": len(nodes),
             "seconds": round(time.perf_counter() - begin, 2),
         }
