@@ -91,9 +91,7 @@ class NodeUncertaintyScoring(ScoringMethod):
     ``label_tag`` (the tag that counts as labelled), ``limit`` (score at most this many images)."""
 
     def __init__(self, pipeline: Any, describe: bool = True):
-        super().__init__(
-            "Model uncertainty per unlabelled image (node entropy, detection disagreement under TTA, candidate entropy)"
-        )
+        super().__init__("Model uncertainty per unlabelled image (node entropy + detection disagreement under TTA)")
         self.pipeline = pipeline
         self.describe = describe  # also store every case's appearance (for novelty)
 
