@@ -380,8 +380,8 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=3030, help="phantom seed (pool; held-out and real: +1, +2, +3)")
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
-    parser.add_argument("--novelty-weight", type=float, default=1.0,
-                        help="the server's --conf al_novelty_weight (0: uncertainty alone)")  # fmt: skip
+    parser.add_argument("--novelty-weight", type=float, default=0.0,
+                        help="server --conf al_novelty_weight (0: uncertainty only; <0: familiar first)")  # fmt: skip
     parser.add_argument("--keep-arms", action="store_true",
                         help="keep the arms of --out's earlier report that --strategies does not run")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")

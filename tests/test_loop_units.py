@@ -220,6 +220,7 @@ def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
     # a case in review comes after every other, whatever its score
     infos = {"like_labelled": {SCORE_KEY: {"score": 0.2}}, "fatty": {SCORE_KEY: {"score": 0.2}}}
     assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "fatty"
+    assert min(infos, key=lambda i: rank_key(i, infos[i], -n[i], now)) == "like_labelled", "weight < 0: familiar first"
     infos["like_labelled"][SCORE_KEY]["score"] = 1.5
     assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "like_labelled"
     infos["like_labelled"][SERVED_KEY] = now - 60

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Collection
@@ -85,11 +86,12 @@ class LymphNodeApp(MONAILabelApp):
             raise ValueError(f"--conf max_upload_mb: a number of megabytes, got {conf['max_upload_mb']!r}") from None
         try:
             # --conf al_novelty_weight: how much a case unlike the labelled ones adds to its uncertainty
+            # (below 0: how much it takes away, familiar cases first)
             self.novelty_weight = float(conf.get("al_novelty_weight") or DEFAULT_NOVELTY_WEIGHT)
         except ValueError:
             raise ValueError(f"--conf al_novelty_weight: a number, got {conf['al_novelty_weight']!r}") from None
-        if not 0.0 <= self.novelty_weight < float("inf"):
-            raise ValueError(f"--conf al_novelty_weight: 0 or more, got {self.novelty_weight}")
+        if not math.isfinite(self.novelty_weight):
+            raise ValueError(f"--conf al_novelty_weight: a finite number, got {self.novelty_weight}")
         self.auto_train_models = [m.strip() for m in (conf.get("auto_train_models") or "").split(",") if m.strip()]
         self._labels_since_training = 0
 
@@ -151,7 +153,7 @@ class LymphNodeApp(MONAILabelApp):
         if PIPELINE in self._infers:
             # appearances are only needed when the strategy ranks by novelty
             methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(
-                self._infers[PIPELINE], describe=self.novelty_weight > 0
+                self._infers[PIPELINE], describe=self.novelty_weight != 0
             )
         for config in self.models.values():
             m = config.scoring_method()

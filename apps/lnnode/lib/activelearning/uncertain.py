@@ -6,7 +6,9 @@ unlike every reference case they look (:mod:`lnnode.lib.scoring.appearance`; ref
 labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty keeps
 the choice from staying with one kind of case, and decides while the models are too weak to be
 uncertain about anything (a cold detector that finds nothing scores 0 everywhere).
-``novelty_weight`` 0 ranks by uncertainty alone.
+``novelty_weight`` 0 ranks by uncertainty alone; below 0 novelty counts against a case: familiar
+cases first (a curriculum for a cold start: the detector learns the kind of case it has seen before
+it meets new kinds).
 
 A case served in the last ``IN_REVIEW_SECONDS`` and not labelled yet is being reviewed: it is served
 again only when every other case is too. Otherwise highest priority first; images not scored yet rank
