@@ -3,12 +3,10 @@
 Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info (written
 by :class:`lnnode.lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
 unlike every reference case they look (:mod:`lnnode.lib.scoring.appearance`; references are the
-labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty keeps
-the choice from staying with one kind of case, and decides while the models are too weak to be
-uncertain about anything (a cold detector that finds nothing scores 0 everywhere).
-``novelty_weight`` 0 ranks by uncertainty alone; below 0 novelty counts against a case: familiar
-cases first (a curriculum for a cold start: the detector learns the kind of case it has seen before
-it meets new kinds).
+labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty above 0
+pushes the choice towards kinds of case not labelled yet, below 0 towards familiar ones (a curriculum
+for a cold start). ``novelty_weight`` 0, the default, ranks by uncertainty alone: on the benchmark
+neither sign helped (docs/loop.md).
 
 A case served in the last ``IN_REVIEW_SECONDS`` and not labelled yet is being reviewed: it is served
 again only when every other case is too. Otherwise highest priority first; images not scored yet rank
@@ -107,7 +105,7 @@ def novelties(
 
 
 class Uncertain(Strategy):
-    """The most uncertain, most novel unlabelled image (see the module doc)."""
+    """The most uncertain unlabelled image, novelty weighed in (see the module doc)."""
 
     def __init__(
         self,
@@ -115,7 +113,8 @@ class Uncertain(Strategy):
         novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
     ):
         super().__init__(
-            "Most uncertain unlabelled case first, unlike the labelled ones (needs the lymph_node_uncertainty scores)"
+            "Most uncertain unlabelled case first (needs the lymph_node_uncertainty scores; "
+            "--conf al_novelty_weight adds how unlike the labelled cases it looks)"
         )
         self.channel_suffixes = channel_suffixes  # a case's other sequences are not cases of their own
         self.novelty_weight = float(novelty_weight)
