@@ -151,7 +151,9 @@ class Uncertain(Strategy):
         else:  # a datastore without lnnode's claim (e.g. DICOMweb): rank, no served stamp
             final = DefaultLabelTag.FINAL.value
             unlabelled = {i: datastore.get_image_info(i) for i in datastore.get_unlabeled_images(final)}
-            labelled = {i: datastore.get_image_info(i) for i in datastore.get_labeled_images(final)}
+            # the labelled cases matter only to novelty: a PACS is not asked for their info otherwise
+            labelled_ids = datastore.get_labeled_images(final) if self.novelty_weight else []
+            labelled = {i: datastore.get_image_info(i) for i in labelled_ids}
             image_id = choose(unlabelled, labelled)
         if image_id is None:
             return {}

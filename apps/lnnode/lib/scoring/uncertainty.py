@@ -15,7 +15,7 @@ and the model versions in the image's info under ``lymph_node_uncertainty``. An 
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
 
-With ``describe`` (the app sets it when ``--conf al_novelty_weight`` is above 0) every image, labelled
+With ``describe`` (the app sets it when ``--conf al_novelty_weight`` is not 0) every image, labelled
 or not, also gets its appearance (:mod:`.appearance`) under ``lymph_node_appearance``, once per
 detector preprocessing: the ``uncertain`` strategy then adds the novelty of a case against the
 labelled ones to its score.
