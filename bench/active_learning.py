@@ -41,15 +41,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "apps"))
+sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without installing
 
-from lnnode.lib.contracts import make_label, parse_label  # noqa: E402
-from lnnode.lib.evaluation import evaluate_classification, evaluate_studies  # noqa: E402
-from lnnode.lib.metrics.detection import match_volume  # noqa: E402
-from lnnode.lib.names import CLASSIFICATION, DETECTION, PIPELINE  # noqa: E402
-from lnnode.lib.phantoms import synthesize  # noqa: E402
-from lnnode.lib.review import implied_class  # noqa: E402
-from lnnode.lib.training import train_model  # noqa: E402
+from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE, make_label, parse_label  # noqa: E402
+from lnnode.corrections import implied_class  # noqa: E402
+from lnnode.evaluation import evaluate_classification, evaluate_studies  # noqa: E402
+from lnnode.metrics.detection import match_volume  # noqa: E402
+from lnnode.phantoms import synthesize  # noqa: E402
+from lnnode.training import train_model  # noqa: E402
 
 PHANTOM = {"modality": "ct", "shape": (128, 128, 48), "spacing": (1.5, 1.5, 2.0)}
 # small networks and patches: the benchmark measures which cases help, not the best model

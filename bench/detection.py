@@ -34,16 +34,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "apps"))
+sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without installing
 
-from lnnode.lib.checkpoint import save_checkpoint  # noqa: E402
-from lnnode.lib.evaluation import detect_studies, evaluate_studies  # noqa: E402
-from lnnode.lib.imageio import read_image  # noqa: E402
-from lnnode.lib.metrics.detection import evaluate_detection  # noqa: E402
-from lnnode.lib.networks.detector import DetectorSpec, build_detector_network  # noqa: E402
-from lnnode.lib.phantoms import default_real_data_dir, synthesize  # noqa: E402
-from lnnode.lib.training import train_detector  # noqa: E402
-from lnnode.lib.transforms import DEFAULT_INTENSITY  # noqa: E402
+from lnnode.appdir import use_app  # noqa: E402
+
+use_app()  # the app's tasks are lib.*, as in the server
+
+from lnnode.evaluation import detect_studies, evaluate_studies  # noqa: E402
+from lnnode.io.checkpoint import save_checkpoint  # noqa: E402
+from lnnode.io.image import read_image  # noqa: E402
+from lnnode.metrics.detection import evaluate_detection  # noqa: E402
+from lnnode.networks.detector import DetectorSpec, build_detector_network  # noqa: E402
+from lnnode.phantoms import default_real_data_dir, synthesize  # noqa: E402
+from lnnode.training import train_detector  # noqa: E402
+from lnnode.transforms import DEFAULT_INTENSITY  # noqa: E402
 
 DEMO = REPO / "apps" / "lnnode" / "model" / "demo" / "lymph_node_detection.pt"
 HELD_OUT_SEED, TRAIN_SEED = 90210, 31337
@@ -91,7 +95,7 @@ def quality(model: Path, sets: dict[str, Path], out: Path) -> dict:
 # -- 2. organ false positives -----------------------------------------------------------------------
 def organ_masks(real: Path) -> dict[str, tuple[Path, np.ndarray, object]]:
     """Bare real CTs and the union of their structure masks, on each CT's own grid."""
-    from lnnode.lib.transforms import resample_to_grid
+    from lnnode.transforms import resample_to_grid
 
     ct_sm, g_sm = read_image(real / "totalseg" / "example_ct_sm.nii.gz")
     union = np.zeros(g_sm.shape, bool)
@@ -107,7 +111,7 @@ def organ_masks(real: Path) -> dict[str, tuple[Path, np.ndarray, object]]:
 
 
 def organ_false_positives(model: Path, real: Path, threshold: float = 0.5) -> dict:
-    from lnnode.lib.infers.detection import NodeDetection
+    from lib.infers.detection import NodeDetection
 
     task = NodeDetection("lymph_node_detection", [str(model)], config={"device": "cpu"})
     out = {"score_threshold": threshold, "volumes": {}}
@@ -130,7 +134,7 @@ def latency_child(model: str, image: str, repeats: int, crop: bool) -> None:
     """Runs in a fresh process: load-to-result seconds per call and peak RSS."""
     import torch
 
-    from lnnode.lib.infers.detection import NodeDetection
+    from lib.infers.detection import NodeDetection
 
     torch.set_num_threads(os.cpu_count() or 1)
     times, n_boxes = [], 0

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "apps"))
+sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without installing
 
-from lnnode.lib.phantoms import synthesize  # noqa: E402
+from lnnode.phantoms import synthesize  # noqa: E402
 
 
 def peak_rss_gb(pid: int) -> float:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lnnode.lib.imageio import read_image
-from lnnode.lib.measurement import axial_axes, z_axis_of
-from lnnode.lib.phantoms.config import default_real_data_dir
-from lnnode.lib.phantoms.nodes import isolated_node_mask, sample_plan, sample_plans
-from lnnode.lib.phantoms.realshapes import largest_component
+from lnnode.io.image import read_image
+from lnnode.measure.axes import axial_axes, z_axis_of
+from lnnode.phantoms.config import default_real_data_dir
+from lnnode.phantoms.nodes import isolated_node_mask, sample_plan, sample_plans
+from lnnode.phantoms.realshapes import largest_component
 
 QUANTILES = (5, 25, 50, 75, 95)
 METRICS = (

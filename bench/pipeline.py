@@ -32,10 +32,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "apps"))
+sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without installing
 
-from lnnode.lib.evaluation import evaluate_classification  # noqa: E402
-from lnnode.lib.phantoms import synthesize  # noqa: E402
+from lnnode.appdir import use_app  # noqa: E402
+
+use_app()  # the app's tasks are lib.*, as in the server
+
+from lnnode.evaluation import evaluate_classification  # noqa: E402
+from lnnode.phantoms import synthesize  # noqa: E402
 
 DEMO = REPO / "apps" / "lnnode" / "model" / "demo"
 HELD_OUT_SEED = 60606
@@ -62,10 +66,10 @@ def latency_child(detector: str, classifier: str, image: str, repeats: int) -> N
     """Runs in a fresh process: load-to-result seconds per call and peak RSS."""
     import torch
 
-    from lnnode.lib.infers.classification import NodeClassification
-    from lnnode.lib.infers.detection import NodeDetection
-    from lnnode.lib.infers.pipeline import NodePipeline
-    from lnnode.lib.names import CLASSIFICATION, DETECTION, PIPELINE
+    from lib.infers.classification import NodeClassification
+    from lib.infers.detection import NodeDetection
+    from lib.infers.pipeline import NodePipeline
+    from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE
 
     torch.set_num_threads(os.cpu_count() or 1)
     times, stages = [], {}

@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lnnode.lib.geometry import ImageGeometry
+from lnnode.appdir import use_app
+from lnnode.geometry import ImageGeometry
+
+use_app()  # the tests import the app's modules as the server does: lib.*
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "apps" / "lnnode"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.imageio import write_image
-from lnnode.lib.phantoms import synthesize
+from lnnode.geometry import ImageGeometry
+from lnnode.io.image import write_image
+from lnnode.phantoms import synthesize
 
 from .conftest import multipart
 

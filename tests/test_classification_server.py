@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 
-from lnnode.lib.checkpoint import load_checkpoint
-from lnnode.lib.contracts import RULE_VALUES, parse_result
-from lnnode.lib.phantoms import synthesize
+from lnnode.contracts import RULE_VALUES, parse_result
+from lnnode.io.checkpoint import load_checkpoint
+from lnnode.phantoms import synthesize
 
 from .conftest import multipart
 
@@ -125,7 +125,7 @@ def test_demo_classifier_is_shipped_small_calibrated_and_reproducible():
 
 
 def test_evaluate_classification_writes_the_report_and_plots(studies, tmp_path):
-    from lnnode.lib.cli import main
+    from lnnode.cli import main
 
     out = tmp_path / "eval"
     code = main(

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from lnnode.lib.contracts import ContractError, validate_query_nodes
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.infers.classification import probabilities
-from lnnode.lib.networks.classifier import (
+from lib.infers.classification import probabilities
+from lnnode.contracts import ContractError, validate_query_nodes
+from lnnode.geometry import ImageGeometry
+from lnnode.networks.classifier import (
     FLIPS,
     ClassifierSpec,
     CoordinateAttention3d,
     build_classifier_network,
     predict_logits,
 )
-from lnnode.lib.transforms.crops import crop_geometry, extract_crops
+from lnnode.transforms.crops import crop_geometry, extract_crops
 
 
 def ball_image(geometry: ImageGeometry, center: np.ndarray, radius: float) -> np.ndarray:
@@ -123,7 +123,7 @@ def test_query_nodes_are_validated_with_the_field_named():
 
 
 def test_node_crop_dataset_augments_within_the_margin():
-    from lnnode.lib.trainers.classification import NodeCropDataset
+    from lib.trainers.classification import NodeCropDataset
 
     crops = torch.arange(2 * 1 * 12**3, dtype=torch.float32).reshape(2, 1, 12, 12, 12)
     labels = torch.tensor([0.0, 1.0])
@@ -138,9 +138,9 @@ def test_node_crop_dataset_augments_within_the_margin():
 def test_saliency_is_a_small_world_aligned_nifti_around_the_node(tmp_path):
     import base64
 
-    from lnnode.lib.imageio import read_image
-    from lnnode.lib.infers.classification import SALIENCY_MIME, saliency_data_uri
-    from lnnode.lib.networks.classifier import grad_cam
+    from lib.infers.classification import SALIENCY_MIME, saliency_data_uri
+    from lnnode.io.image import read_image
+    from lnnode.networks.classifier import grad_cam
 
     spec = ClassifierSpec(crop_mm=16.0, widths=(4, 8))
     net = build_classifier_network(spec)

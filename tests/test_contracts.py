@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnnode.lib.contracts import (
+from lnnode.contracts import (
     ContractError,
     check_label_in_image,
     dumps,
@@ -24,7 +24,7 @@ from lnnode.lib.contracts import (
     validate_label,
     validate_result,
 )
-from lnnode.lib.geometry import ImageGeometry
+from lnnode.geometry import ImageGeometry
 
 from .test_geometry import SIGNED_PERMUTATIONS, rotation_from_quaternion
 
@@ -200,7 +200,7 @@ def test_label_to_voxel_boxes_and_back_is_exact_for_axis_aligned_images(perm, sp
     expected = np.array([np.stack(present[v]) for v in sorted(present)])
     np.testing.assert_allclose(boxes, expected, atol=1e-3 / min(spacing))
     # and the label rebuilt from these voxel boxes is the same label
-    from lnnode.lib.contracts import index_box_to_node
+    from lnnode.contracts import index_box_to_node
 
     again = [index_box_to_node(lo, hi, g) for lo, hi in boxes]
     assert again == [{"center": n["center"], "size": n["size"]} for n in label["nodes"]]

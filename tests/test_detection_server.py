@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 
-from lnnode.lib.contracts import parse_result
-from lnnode.lib.phantoms import synthesize
+from lnnode.contracts import parse_result
+from lnnode.phantoms import synthesize
 
 from .conftest import APP_DIR
 
@@ -34,7 +34,7 @@ def oblique_phantoms(tmp_path_factory) -> Path:
 
 
 def test_demo_weights_are_shipped_small_and_loadable():
-    from lnnode.lib.checkpoint import load_checkpoint
+    from lnnode.io.checkpoint import load_checkpoint
 
     assert DEMO.exists(), "regenerate with: lnnode demo-weights"
     assert DEMO.stat().st_size <= 10 * 1024 * 1024
@@ -100,9 +100,9 @@ def test_tiny_training_via_train_endpoint_publishes_a_model_the_next_infer_uses(
 def test_multi_sequence_model_reads_the_companion_sequences(start_server, tmp_path):
     """A 2-channel detector (e.g. T2 + DWI): trained with channel suffixes, served by finding the
     case's other sequence in the datastore."""
-    from lnnode.lib.checkpoint import load_checkpoint
-    from lnnode.lib.imageio import read_image, write_image
-    from lnnode.lib.training import train_detector
+    from lnnode.io.checkpoint import load_checkpoint
+    from lnnode.io.image import read_image, write_image
+    from lnnode.training import train_detector
 
     studies = tmp_path / "studies"
     synthesize(studies, 3, modality="mr", seed=5, shape=(64, 64, 16), spacing=(1.4, 1.4, 4.0))

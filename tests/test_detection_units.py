@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from lnnode.lib.checkpoint import CheckpointError, load_checkpoint, previous_path, publish, rollback, save_checkpoint
-from lnnode.lib.contracts import label_from_instance_mask
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.metrics.detection import average_precision, cpm, evaluate_detection, froc, match_volume
-from lnnode.lib.networks.anchors import anchor_coverage, centred_iou, design_anchor_shapes
-from lnnode.lib.networks.detector import DetectorSpec, build_detector, build_detector_network, feature_strides
-from lnnode.lib.transforms import LabelToBoxesd, ResampleToGridd, boxes_to_nodes, grid_for, nodes_to_boxes
+from lnnode.contracts import label_from_instance_mask
+from lnnode.geometry import ImageGeometry
+from lnnode.io.checkpoint import CheckpointError, load_checkpoint, previous_path, publish, rollback, save_checkpoint
+from lnnode.metrics.detection import average_precision, cpm, evaluate_detection, froc, match_volume
+from lnnode.networks.anchors import anchor_coverage, centred_iou, design_anchor_shapes
+from lnnode.networks.detector import DetectorSpec, build_detector, build_detector_network, feature_strides
+from lnnode.transforms import LabelToBoxesd, ResampleToGridd, boxes_to_nodes, grid_for, nodes_to_boxes
 
 
 def test_anchor_design_recovers_the_node_shapes():
@@ -159,7 +159,7 @@ def test_checkpoints_publish_rollback_and_refuse_code(tmp_path):
 
 
 def test_nested_boxes_are_suppressed_but_neighbours_kept():
-    from lnnode.lib.transforms import suppress_nested
+    from lnnode.transforms import suppress_nested
 
     big = _node((0, 0, 0), (20, 20, 20), 0.9)
     inner = _node((3, 3, 3), (6, 6, 6), 0.5)  # IoU with big is 0.027: NMS keeps it, we do not
@@ -168,7 +168,7 @@ def test_nested_boxes_are_suppressed_but_neighbours_kept():
 
 
 def test_operating_point_is_read_off_the_validation_froc():
-    from lnnode.lib.trainers.handlers import DetectionCPM
+    from lib.trainers.handlers import DetectionCPM
 
     gt = [_node((0, 0, 0), (10, 10, 10)), _node((50, 0, 0), (6, 6, 6))]
     metric = DetectionCPM()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lnnode.lib.phantoms import synthesize
+from lnnode.phantoms import synthesize
 
 from .conftest import APP_DIR
 
@@ -41,7 +41,7 @@ def test_corrupt_checkpoint_is_reported_others_keep_working_and_rollback_restore
     assert status == 200 and any("unusable" in w for w in result.get("warnings", [])), result
     assert all("p_metastasis" not in n for n in result["nodes"])
 
-    cmd = [sys.executable, "-m", "lnnode.lib.cli", "rollback", "lymph_node_classification", "--model-dir", str(models)]
+    cmd = [sys.executable, "-m", "lnnode.cli", "rollback", "lymph_node_classification", "--model-dir", str(models)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     status, result = server.request("POST", "/infer/lymph_node_pipeline?image=ct_000&output=json")
@@ -107,7 +107,7 @@ def test_server_killed_while_labels_are_written_leaves_a_consistent_datastore(st
     import threading
     import time
 
-    from lnnode.lib.contracts import parse_label
+    from lnnode.contracts import parse_label
 
     from .conftest import multipart
 
@@ -164,8 +164,8 @@ def test_disk_full_while_saving_a_label_keeps_the_current_one(tmp_path):
     script = textwrap.dedent(f"""
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        from lnnode.lib.datastore import LnnodeDatastore
-        ds = LnnodeDatastore({str(studies)!r})
+        from lnnode.appdir import app_module
+        ds = app_module("datastore").LnnodeDatastore({str(studies)!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
         try:
             ds.save_label("ct_000", {str(tmp_path / "big.json")!r}, "final", {{}})
@@ -191,7 +191,7 @@ def test_temp_files_a_killed_writer_left_are_cleaned_up_when_old(tmp_path):
     import os
     import time
 
-    from lnnode.lib.datastore import LnnodeDatastore
+    from lib.datastore import LnnodeDatastore
 
     studies = tmp_path / "studies"
     synthesize(studies, 1, modality="ct", seed=10, shape=(48, 48, 16), spacing=(1.5, 1.5, 2.5))
@@ -211,7 +211,7 @@ def test_a_rescan_does_not_undo_what_another_process_wrote(tmp_path):
     same time, each under its own key: every one of them must survive the rescans."""
     import textwrap
 
-    from lnnode.lib.datastore import LnnodeDatastore
+    from lib.datastore import LnnodeDatastore
 
     studies = tmp_path / "studies"
     synthesize(studies, 1, modality="ct", seed=11, shape=(32, 32, 8), spacing=(1.5, 1.5, 2.5))
@@ -224,8 +224,8 @@ def test_a_rescan_does_not_undo_what_another_process_wrote(tmp_path):
             sys.executable,
             "-c",
             textwrap.dedent(f"""
-                from lnnode.lib.datastore import LnnodeDatastore
-                ds = LnnodeDatastore({str(studies)!r})
+                from lnnode.appdir import app_module
+                ds = app_module("datastore").LnnodeDatastore({str(studies)!r})
                 for i in range({n_writes}):
                     ds.update_image_info("ct_000", {{f"score_{{i}}": i}})
             """),

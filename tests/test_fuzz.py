@@ -10,9 +10,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lnnode.lib.contracts import ContractError, parse_label, validate_label, validate_query_nodes
-from lnnode.lib.errors import RequestError
-from lnnode.lib.params import INFER_PARAMS, check_infer_params
+from lib.server.errors import RequestError
+from lib.server.params import INFER_PARAMS, check_infer_params
+from lnnode.contracts import ContractError, parse_label, validate_label, validate_query_nodes
 
 VALID = {
     "schema": "lnnode.label/1", "image": "case_001", "coordinate_system": "LPS", "units": "mm",

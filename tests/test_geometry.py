@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnnode.lib.geometry import (
+from lnnode.geometry import (
     GeometryError,
     ImageGeometry,
     box_index_to_world,
@@ -21,7 +21,7 @@ from lnnode.lib.geometry import (
     lps_to_ras,
     ras_to_lps,
 )
-from lnnode.lib.imageio import array_to_sitk, read_image, write_image
+from lnnode.io.image import array_to_sitk, read_image, write_image
 
 SIGNED_PERMUTATIONS = [
     np.array(p)[:, :] * np.array(s)

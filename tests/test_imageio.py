@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.imageio import ImageError, read_image, write_image
+from lnnode.geometry import ImageGeometry
+from lnnode.io.image import ImageError, read_image, write_image
 
 from .conftest import REAL_DATA, requires_real_data
 

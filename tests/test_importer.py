@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lnnode.lib.cli import main as cli
-from lnnode.lib.contracts import parse_label
-from lnnode.lib.geometry import ImageGeometry, lps_to_ras
-from lnnode.lib.imageio import read_image, write_image
-from lnnode.lib.importer import DatasetImportError, import_dataset, read_class_table
+from lnnode.cli import main as cli
+from lnnode.contracts import parse_label
+from lnnode.data.importer import DatasetImportError, import_dataset, read_class_table
+from lnnode.geometry import ImageGeometry, lps_to_ras
+from lnnode.io.image import read_image, write_image
 
 from .conftest import REAL_DATA, requires_real_data, rotation
 

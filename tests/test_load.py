@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lnnode.lib.phantoms import synthesize
+from lnnode.phantoms import synthesize
 
 pytestmark = pytest.mark.server
 

@@ -12,19 +12,19 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from lnnode.lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, novelties, rank_key
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.review import review_stats, summarise_reviews
-from lnnode.lib.scoring.appearance import (
+from lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, novelties, rank_key
+from lib.scoring.appearance import (
     APPEARANCE_KEY,
     appearance,
     appearance_distance,
     nearest_distances,
     novelty,
 )
-from lnnode.lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
-from lnnode.lib.trainers.handlers import PublishBestModel
-from lnnode.lib.transforms import RandFocusCropd
+from lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
+from lib.trainers.handlers import PublishBestModel
+from lnnode.corrections import review_stats, summarise_reviews
+from lnnode.geometry import ImageGeometry
+from lnnode.transforms import RandFocusCropd
 
 
 def result_node(i: int, p: float, center=(0.0, 0.0, 0.0)) -> dict:

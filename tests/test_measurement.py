@@ -1,4 +1,4 @@
-"""RECIST-style axial measurement (lnnode.lib.measurement) against analytic shapes and real masks."""
+"""RECIST-style axial measurement (lnnode.measure.axes) against analytic shapes and real masks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.measurement import axial_axes, measure_axial, z_axis_of
+from lnnode.geometry import ImageGeometry
+from lnnode.measure.axes import axial_axes, measure_axial, z_axis_of
 
 from .conftest import REAL_DATA, requires_real_data
 
@@ -159,8 +159,8 @@ ULS = REAL_DATA / "uls23_nih_ln"
 @requires_real_data
 def test_real_masks_agree_with_the_stats_file():
     """On real node shapes (largest component), the long axis agrees with the stats file's rough value."""
-    from lnnode.lib.imageio import read_image
-    from lnnode.lib.phantoms.realshapes import largest_component
+    from lnnode.io.image import read_image
+    from lnnode.phantoms.realshapes import largest_component
 
     rows = json.loads((ULS / "nih_ln_mask_stats.json").read_text())[::40]
     d_long, d_short = [], []

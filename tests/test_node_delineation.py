@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from lnnode.lib.delineation import measure_node
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.measurement import measure_axial
+from lnnode.geometry import ImageGeometry
+from lnnode.measure.axes import measure_axial
+from lnnode.measure.delineation import measure_node
 
 from .conftest import requires_real_data, rotation
 
@@ -88,8 +88,8 @@ def test_mr_nodes_are_darker_than_fat(grid):
 
 @requires_real_data
 def test_real_node_shapes_in_real_ct_backgrounds(tmp_path):
-    from lnnode.lib.imageio import read_image
-    from lnnode.lib.phantoms import synthesize
+    from lnnode.io.image import read_image
+    from lnnode.phantoms import synthesize
 
     synthesize(tmp_path, 2, modality="ct", seed=123, background="real")
     errors = []

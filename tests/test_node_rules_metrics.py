@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lnnode.lib.metrics.classification import (
+from lnnode.measure.rules import morphology_rule, n_stage_hint, node_rules, size_rule
+from lnnode.metrics.classification import (
     apply_temperature,
     binary_metrics,
     bootstrap_auc_ci,
@@ -21,7 +22,6 @@ from lnnode.lib.metrics.classification import (
     rule_scores,
     youden_point,
 )
-from lnnode.lib.rules import morphology_rule, n_stage_hint, node_rules, size_rule
 
 
 def test_size_rule_boundary_is_ten_millimetres():

@@ -1,4 +1,4 @@
-"""Lymph-node phantoms (lnnode.lib.phantoms): determinism, geometry, ground truth, class features, real data."""
+"""Lymph-node phantoms (lnnode.phantoms): determinism, geometry, ground truth, class features, real data."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lnnode.lib import contracts
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.imageio import read_image, read_sitk, sitk_to_array
-from lnnode.lib.measurement import axial_axes
-from lnnode.lib.phantoms import (
+from lnnode import contracts
+from lnnode.geometry import ImageGeometry
+from lnnode.io.image import read_image, read_sitk, sitk_to_array
+from lnnode.measure.axes import axial_axes
+from lnnode.phantoms import (
     DIRECTION_PRESETS,
     MANIFEST_NAME,
     PhantomConfig,
@@ -30,8 +30,8 @@ from lnnode.lib.phantoms import (
     run_synth,
     synthesize,
 )
-from lnnode.lib.phantoms.anatomy import sample_anatomy
-from lnnode.lib.phantoms.nodes import (
+from lnnode.phantoms.anatomy import sample_anatomy
+from lnnode.phantoms.nodes import (
     Node,
     NodePlan,
     build_analytic_shape,
@@ -334,8 +334,8 @@ def test_real_shapes_come_from_the_uls23_masks():
 @requires_real_data
 def test_real_shape_is_resampled_faithfully():
     """A real mask placed unrotated at scale 1 on its own grid reproduces itself."""
-    from lnnode.lib.phantoms.nodes import node_fractions
-    from lnnode.lib.phantoms.realshapes import RealNodeShape, largest_component, load_real_mask
+    from lnnode.phantoms.nodes import node_fractions
+    from lnnode.phantoms.realshapes import RealNodeShape, largest_component, load_real_mask
 
     path = sorted((REAL_DATA / "uls23_nih_ln" / "masks" / "ABD").glob("*.nii.gz"))[3]
     array, g = read_image(path)

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from lnnode.lib.activelearning.uncertain import novelties
-from lnnode.lib.contracts import make_label, parse_result
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.imageio import read_sitk
-from lnnode.lib.phantoms import synthesize
-from lnnode.lib.scoring import APPEARANCE_KEY
+from lib.activelearning.uncertain import novelties
+from lib.scoring import APPEARANCE_KEY
+from lnnode.contracts import make_label, parse_result
+from lnnode.geometry import ImageGeometry
+from lnnode.io.image import read_sitk
+from lnnode.phantoms import synthesize
 
 from .conftest import multipart
 
@@ -192,7 +192,7 @@ def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_se
     """--conf auto_train_every 1: the PUT of a corrected label (a rejected false positive, an added and a
     moved node) queues a tiny detector training on the corrections; it publishes; infer uses it; MONAI
     Label's re-scoring after the training (a separate process) scores the unlabelled case with it."""
-    from lnnode.lib.checkpoint import load_checkpoint
+    from lnnode.io.checkpoint import load_checkpoint
 
     studies = tmp_path / "studies"
     synthesize(studies, 4, modality="ct", seed=99, shape=(64, 64, 24), spacing=(2.0, 2.0, 3.0))

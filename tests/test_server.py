@@ -11,8 +11,8 @@ import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lnnode.lib.contracts import dumps, make_label
-from lnnode.lib.imageio import write_image
+from lnnode.contracts import dumps, make_label
+from lnnode.io.image import write_image
 
 from .conftest import Server, multipart
 
@@ -30,7 +30,7 @@ def studies(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory) -> tuple[Path, object]:
     """A small CT-like volume on an oblique, flipped, anisotropic grid."""
-    from lnnode.lib.geometry import ImageGeometry
+    from lnnode.geometry import ImageGeometry
 
     from .conftest import rotation
 

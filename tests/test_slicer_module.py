@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lnnode.lib.geometry import ImageGeometry
-from lnnode.lib.phantoms import synthesize
+from lnnode.geometry import ImageGeometry
+from lnnode.phantoms import synthesize
 
 from .conftest import REPO, rotation
 

@@ -1,5 +1,4 @@
-"""The app's library: contracts, geometry, image I/O, phantoms, models and the MONAI Label tasks.
-
-Modules here import each other relatively: the server imports them as ``lib.*`` (MONAI Label puts
-the app folder on the path), the CLI and the tests as ``lnnode.lib.*``.
+"""The MONAI Label side of lnnode: task configs, infer and train tasks, strategies, scoring, datastores and the
+server guards. MONAI Label puts the app folder on the path, so this package is ``lib`` (as in its sample apps);
+everything that does not need MONAI Label comes from the library, ``lnnode``.
 """

@@ -15,11 +15,10 @@ import urllib.request
 import uuid
 from typing import Any
 
+from .schema import CLASSIFICATION, DETECTION, PIPELINE
+
 __all__ = ["LymphNodeServer", "ServerError", "PIPELINE", "DETECTION", "CLASSIFICATION"]
 
-PIPELINE = "lymph_node_pipeline"
-DETECTION = "lymph_node_detection"
-CLASSIFICATION = "lymph_node_classification"
 
 
 class ServerError(RuntimeError):

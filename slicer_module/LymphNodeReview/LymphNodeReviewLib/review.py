@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .contracts import NODE_CLASSES, make_label, validate_result
-from .geometry import lps_to_ras
+from .schema import BOX_TOLERANCE_MM, NODE_CLASSES, make_label, validate_result
 
 __all__ = [
     "ReviewNode",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
-MOVE_TOLERANCE_MM = 0.5  # a box edited by less than this (a viewer's round trip) is not "moved"
 # the node table's columns, left to right (keys of ReviewNode.row()), and their headers: what the reader
 # decides on first (the panel is narrow: the rest scrolls)
 TABLE_COLUMNS = ("id", "status", "class", "p_metastasis", "short_axis_mm", "long_axis_mm", "uncertainty",
@@ -43,7 +41,7 @@ TABLE_HEADERS = ("node", "status", "class", "p(met)", "short mm", "long mm", "un
 
 def box_lps_to_ras(center: Sequence[float], size: Sequence[float]) -> tuple[list[float], list[float]]:
     """An axis-aligned world box from LPS to RAS: the centre flips x and y, the size stays."""
-    return [float(c) for c in lps_to_ras(center)], [float(s) for s in size]
+    return [-float(center[0]), -float(center[1]), float(center[2])], [float(s) for s in size]
 
 
 box_ras_to_lps = box_lps_to_ras  # the flip is its own inverse
@@ -83,7 +81,7 @@ class ReviewNode:
             return False
         deltas = [abs(a - b) for a, b in zip(self.center, self.model_center)]
         deltas += [abs(a - b) for a, b in zip(self.size, self.model_size)]
-        return max(deltas) > MOVE_TOLERANCE_MM
+        return max(deltas) > BOX_TOLERANCE_MM
 
     @property
     def relabelled(self) -> bool:

@@ -1,8 +1,8 @@
 """``uncertain``: serve the unlabelled case the current models are least sure about.
 
 Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info (written
-by :class:`lnnode.lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
-unlike every reference case they look (:mod:`lnnode.lib.scoring.appearance`; references are the
+by :class:`lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
+unlike every reference case they look (:mod:`lib.scoring.appearance`; references are the
 labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty above 0
 pushes the choice towards kinds of case not labelled yet, below 0 towards familiar ones (a curriculum
 for a cold start). ``novelty_weight`` 0, the default, ranks by uncertainty alone: on the benchmark

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from monailabel.interfaces.config import TaskConfig
 
-from ..names import CLASSIFICATION, DETECTION, PIPELINE
+from lnnode.contracts import CLASSIFICATION, DETECTION
+
 from .base import infer_config
 from .classification import NodeClassificationConfig
 from .detection import NodeDetectionConfig
@@ -21,7 +22,7 @@ PIPELINE_OPTIONS = {
     "amp": "amp",
 }
 
-__all__ = ["CLASSIFICATION", "DETECTION", "PIPELINE", "PIPELINE_OPTIONS", "infer_config", "task_configs"]
+__all__ = ["PIPELINE_OPTIONS", "infer_config", "task_configs", "init_task_configs"]
 
 
 def task_configs() -> dict[str, type[TaskConfig]]:
@@ -30,3 +31,19 @@ def task_configs() -> dict[str, type[TaskConfig]]:
         DETECTION: NodeDetectionConfig,
         CLASSIFICATION: NodeClassificationConfig,
     }
+
+
+def init_task_configs(
+    names: list[str] | None, model_dir: str, conf: dict[str, str], demo_dir: str | None
+) -> dict[str, TaskConfig]:
+    """The TaskConfigs of the models ``names`` (None: all), initialised; unknown names stop the server."""
+    available = task_configs()
+    names = names or list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {', '.join(available)}")
+    configs = {name: available[name]() for name in names}
+    for name, config in configs.items():
+        config.init(name, model_dir, conf, None, demo_dir=demo_dir)
+    return configs
+

@@ -1,7 +1,8 @@
-"""Infer tasks (BasicInferTask subclasses) and the result writer."""
+"""Infer tasks (BasicInferTask subclasses), the pipeline that chains them, and the result writer."""
 
 from .base import CheckpointInferTask
 from .classification import NodeClassification
 from .detection import NodeDetection
+from .pipeline import NodePipeline
 
-__all__ = ["CheckpointInferTask", "NodeClassification", "NodeDetection"]
+__all__ = ["CheckpointInferTask", "NodeClassification", "NodeDetection", "NodePipeline"]

@@ -2,26 +2,34 @@
 
 They are listed in ``/info/`` before any model exists; asked to infer without usable weights they
 answer 503 with what to do, and a bad image gets a 4xx naming the problem (the server keeps going).
-A newly published checkpoint is picked up on the next request (the file's mtime is checked).
+A newly published checkpoint is picked up on the next request (the file's mtime is checked); within one
+request the checkpoint is resolved once and every step uses that one (:meth:`CheckpointInferTask.pinned`),
+so a model published mid-request cannot mix old preprocessing with new weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from torch import nn
 
-from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..contracts import ContractError, validate_result
-from ..errors import ModelNotReady, Unprocessable
-from ..imageio import ImageError
+from lnnode.contracts import ContractError, validate_result
+from lnnode.geometry import ImageGeometry
+from lnnode.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from lnnode.io.image import ImageError
+
+from ..server.errors import ModelNotReady, Unprocessable
+from .keys import IMAGE, IMAGE_GEOMETRY, RESULT, SKIP_WRITER
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +63,32 @@ class CheckpointInferTask(BasicInferTask):
         )
         self.name = name
         self._checkpoint: tuple[str, int, Checkpoint] | None = None
+        # the checkpoint of the request in progress, per thread (concurrent requests each pin their own)
+        self._pinned: contextvars.ContextVar[Checkpoint | None] = contextvars.ContextVar(f"{name}_ckpt", default=None)
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def is_valid(self) -> bool:
         return True  # listed before it is trained; infer explains what is missing
 
     def checkpoint(self) -> Checkpoint:
-        """The served checkpoint (cached until its file changes); ModelNotReady when there is none."""
+        """The request's checkpoint while one is pinned, else the served one; ModelNotReady when there is none."""
+        return self._pinned.get() or self._served_checkpoint()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[Checkpoint]:
+        """Resolve the served checkpoint once and use it for everything inside (nested: the outer one)."""
+        current = self._pinned.get()
+        if current is not None:
+            yield current
+            return
+        token = self._pinned.set(self._served_checkpoint())
+        try:
+            yield self._pinned.get()
+        finally:
+            self._pinned.reset(token)
+
+    def _served_checkpoint(self) -> Checkpoint:
+        """The served checkpoint (cached until its file changes)."""
         path = self.get_path()
         if path is None:
             raise ModelNotReady(
@@ -110,14 +137,28 @@ class CheckpointInferTask(BasicInferTask):
 
     # -- request ------------------------------------------------------------------------------------
     def __call__(self, request, callbacks=None):
-        self.checkpoint()  # fail fast, before reading the image
-        try:
-            result_file, result = super().__call__(request, callbacks)
-        except ImageError as e:
-            raise Unprocessable(f"image {request.get('image')!r} cannot be used: {e.reason}") from None
-        if request.get("skip_writer"):  # a stage of the pipeline: its data, result under "result"
+        with self.pinned():  # fails fast (503), before the image is read, when there are no weights
+            try:
+                result_file, result = super().__call__(request, callbacks)
+            except ImageError as e:
+                raise Unprocessable(f"image {request.get(IMAGE)!r} cannot be used: {e.reason}") from None
+        if request.get(SKIP_WRITER):  # a stage: its data, the result under RESULT
             return result_file, result
         return result_file, self._finish_result(result)
+
+    def result_for(
+        self, request: dict[str, Any], volume: np.ndarray | None = None, geometry: ImageGeometry | None = None
+    ) -> dict[str, Any]:
+        """The result document for ``request`` without writing a markups file: how the pipeline and the
+        scoring method call a stage. ``volume`` (C, i, j, k) with its ``geometry``: an image already
+        loaded, used as it is instead of ``request["image"]``."""
+        stage = {**request, SKIP_WRITER: True}
+        if volume is not None:
+            if geometry is None:
+                raise ValueError("a loaded volume needs its geometry")
+            stage.update({IMAGE: volume, IMAGE_GEOMETRY: geometry})
+        _, data = self(stage)
+        return data[RESULT]
 
     @staticmethod
     def _finish_result(result: dict) -> dict:

@@ -20,13 +20,14 @@ import torch
 from monai.transforms import MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from ..checkpoint import Checkpoint
-from ..contracts import ContractError, check_label_in_image, validate_query_nodes
-from ..errors import Unprocessable
-from ..imageio import write_image
-from ..networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
-from ..transforms import LoadVolumed, NormalizeIntensityd
-from ..transforms.crops import NodeCropsd, crop_geometry
+from lnnode.contracts import ContractError, check_label_in_image, validate_query_nodes
+from lnnode.io.checkpoint import Checkpoint
+from lnnode.io.image import write_image
+from lnnode.networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
+from lnnode.transforms import LoadVolumed, NormalizeIntensityd
+from lnnode.transforms.crops import NodeCropsd, crop_geometry
+
+from ..server.errors import Unprocessable
 from .base import CheckpointInferTask
 from .detection import model_version
 from .writer import ResultWriter, make_result

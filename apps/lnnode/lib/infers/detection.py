@@ -11,11 +11,12 @@ import torch
 from monai.transforms import MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from ..checkpoint import Checkpoint
-from ..geometry import ImageGeometry
-from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
-from ..transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, NormalizeIntensityd, ResampleToGridd
-from ..transforms.boxes import boxes_to_nodes, suppress_nested
+from lnnode.geometry import ImageGeometry
+from lnnode.io.checkpoint import Checkpoint
+from lnnode.networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
+from lnnode.transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, NormalizeIntensityd, ResampleToGridd
+from lnnode.transforms.boxes import boxes_to_nodes, suppress_nested
+
 from .base import CheckpointInferTask
 from .writer import ResultWriter, make_result
 

@@ -1,7 +1,8 @@
 """``lymph_node_pipeline``: detect, classify, measure and apply the rules, in one call.
 
-The image is read once and handed to each stage as an array (the way MONAI Label's radiology app
-chains the stages of its vertebra pipeline). Stages:
+The image is read once and handed to each stage as a loaded volume, and each stage's checkpoint is
+resolved once for the whole request (the way MONAI Label's radiology app chains the stages of its
+vertebra pipeline, each stage an infer task of its own). Stages:
 
 1. ``lymph_node_detection``: boxes with detection scores;
 2. ``lymph_node_classification`` on those boxes: ``p_metastasis`` and ``uncertainty`` (skipped,
@@ -15,6 +16,7 @@ chains the stages of its vertebra pipeline). Stages:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,14 +24,16 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from ..contracts import ContractError, validate_result
-from ..delineation import measure_node
-from ..errors import ModelNotReady, RequestError, Unprocessable
-from ..imageio import ImageError
-from ..rules import n_stage_hint, node_rules
-from ..transforms import LoadVolumed
+from lnnode.contracts import ContractError, validate_result
+from lnnode.io.image import ImageError
+from lnnode.measure.delineation import measure_node
+from lnnode.measure.rules import n_stage_hint, node_rules
+from lnnode.transforms import LoadVolumed
+
+from ..server.errors import ModelNotReady, RequestError, Unprocessable
 from .classification import NodeClassification
 from .detection import NodeDetection, model_version
+from .keys import IMAGE, IMAGE_GEOMETRY, NODES, RESULT
 from .writer import ResultWriter, make_result
 
 logger = logging.getLogger(__name__)
@@ -89,7 +93,10 @@ class NodePipeline(BasicInferTask):
         info["channel_suffixes"] = self.detection.info().get("channel_suffixes", [])
         return info
 
-    def _classify(self, request: dict, nodes: list[dict], warnings: list[str]) -> tuple[list[dict], str | None]:
+    def _classify(
+        self, request: dict, nodes: list[dict], volume, geometry, warnings: list[str]
+    ) -> tuple[list[dict], str | None]:
+        """The nodes with their probabilities, and the classifier's name (None: not classified)."""
         if self.classification is None:
             return nodes, None
         try:
@@ -99,39 +106,55 @@ class NodePipeline(BasicInferTask):
             return nodes, None
         if not nodes:  # nothing to classify; the result still names the classifier in service
             return nodes, model_version(checkpoint, self.classification.name)
-        if list(checkpoint.meta["preprocessing"].get("channel_suffixes", [])) != self.channel_suffixes():
+        if self.classification.channel_suffixes() != self.channel_suffixes():
             raise Unprocessable(
                 f"the classifier reads sequences {self.classification.channel_suffixes()} but the detector "
                 f"{self.channel_suffixes()}: retrain one of them on the same sequences"
             )
-        _, data = self.classification({**request, "nodes": nodes, "skip_writer": True})
-        result = data["result"]
+        result = self.classification.result_for({**request, NODES: nodes}, volume, geometry)
         return result["nodes"], result["model"]["classifier"]
 
+    def _load(self, request: dict) -> tuple[Any, Any]:
+        try:
+            loaded = LoadVolumed(keys=IMAGE)({IMAGE: request[IMAGE]})
+        except ImageError as e:
+            raise Unprocessable(f"image {request.get(IMAGE)!r} cannot be used: {e.reason}") from None
+        return loaded[IMAGE], loaded[IMAGE_GEOMETRY]
+
+    def _pinned_stages(self) -> contextlib.ExitStack:
+        """Both stages' checkpoints resolved once for the whole request (the detector's 503 comes first)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.detection.pinned())
+        if self.classification is not None:
+            with contextlib.suppress(ModelNotReady):  # no classifier: the result says so in its warnings
+                stack.enter_context(self.classification.pinned())
+        return stack
+
     def __call__(self, request, callbacks=None):
+        return ResultWriter()({RESULT: self.result_for(request)})
+
+    def result_for(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline's result document for ``request``, without writing a markups file."""
+        with self._pinned_stages():
+            return self._run(request)
+
+    def _run(self, request: dict) -> dict[str, Any]:
         begin = time.perf_counter()
         req = {**self._config, **request}
         by = str(req.get("suspicious_by") or "classifier")
         if by not in SUSPICIOUS_BY:
             raise RequestError(f"suspicious_by must be one of {', '.join(SUSPICIOUS_BY)}; got {by!r}")
         p_thresh = float(req.get("p_thresh") or 0.5)
-        self.detection.checkpoint()  # 503 before reading the image when there is no detector
-        try:
-            loaded = LoadVolumed(keys="image")({"image": req["image"]})
-        except ImageError as e:
-            raise Unprocessable(f"image {req.get('image')!r} cannot be used: {e.reason}") from None
-        image, geometry = loaded["image"], loaded["image_geometry"]
-        stage = {**req, "image": image, "image_geometry": geometry, "skip_writer": True}
+        volume, geometry = self._load(req)
         latencies = {"load": time.perf_counter() - begin}
 
         t = time.perf_counter()
-        _, detected = self.detection(stage)
-        detection = detected["result"]
+        detection = self.detection.result_for(req, volume, geometry)
         latencies["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
         warnings: list[str] = []
-        nodes, classifier = self._classify(stage, detection["nodes"], warnings)
+        nodes, classifier = self._classify(req, detection["nodes"], volume, geometry, warnings)
         latencies["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -139,11 +162,7 @@ class NodePipeline(BasicInferTask):
         if classifier is None and by == "classifier":
             by = "morphology"
         for node in nodes:
-            m = measure_node(image[0], geometry, node["center"], node["size"], modality)
-            if m is not None:
-                node["short_axis_mm"] = round(float(m.short_axis_mm), 1)
-                node["long_axis_mm"] = round(float(max(m.long_axis_mm, m.short_axis_mm)), 1)
-            node["rules"] = node_rules(m)
+            self._measure(node, volume[0], geometry, modality)
         n_suspicious = sum(_suspicious(n, by, p_thresh) for n in nodes)
         latencies["measure"] = time.perf_counter() - t
 
@@ -159,7 +178,15 @@ class NodePipeline(BasicInferTask):
         if warnings:
             result["warnings"] = warnings
         try:
-            validate_result(result)
+            return validate_result(result)
         except ContractError as e:  # a bug of ours, never the client's
             raise RuntimeError(f"lnnode produced an invalid result: {e}") from e
-        return ResultWriter()({"result": result})
+
+    @staticmethod
+    def _measure(node: dict[str, Any], volume, geometry, modality: str) -> None:
+        """Short and long axis (mm) and the rule categories, into ``node``."""
+        m = measure_node(volume, geometry, node["center"], node["size"], modality)
+        if m is not None:
+            node["short_axis_mm"] = round(float(m.short_axis_mm), 1)
+            node["long_axis_mm"] = round(float(max(m.long_axis_mm, m.short_axis_mm)), 1)
+        node["rules"] = node_rules(m)

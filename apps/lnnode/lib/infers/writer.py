@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from ..contracts import RESULT_SCHEMA
-from ..markups import markups_from_nodes
+from lnnode.contracts import RESULT_SCHEMA
+from lnnode.contracts.markups import markups_from_nodes
 
 __all__ = ["make_result", "ResultWriter"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..transforms import BODY_THRESHOLD
+from lnnode.transforms import BODY_THRESHOLD
 
 __all__ = [
     "APPEARANCE_KEY",

@@ -24,7 +24,6 @@ labelled ones to its score.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -33,10 +32,11 @@ from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from ..errors import ModelNotReady
-from ..geometry import ImageGeometry
+from lnnode.geometry import ImageGeometry
+from lnnode.transforms import LoadVolumed
+
+from ..server.errors import ModelNotReady
 from ..trainers.datalist import companion_ids
-from ..transforms import LoadVolumed
 from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
 
 logger = logging.getLogger(__name__)
@@ -127,16 +127,14 @@ class NodeUncertaintyScoring(ScoringMethod):
     def score_image(self, image: str | list[str], image_id: str, device: str = "cpu") -> dict[str, Any]:
         """The uncertainty of one image (``image``: path, or the case's sequence paths)."""
         begin = time.perf_counter()
-        result_file, result = self.pipeline({"image": image, "image_id": image_id, "device": device})
-        if result_file and os.path.exists(result_file):
-            os.remove(result_file)
-        nodes = result["nodes"]
-        loaded = LoadVolumed(keys="image")({"image": image})
-        geometry: ImageGeometry = loaded["image_geometry"]
-        mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded["image"]), axis=1))  # index axis 0
-        stage = {"image": mirrored, "image_geometry": geometry, "image_id": image_id, "device": device}
-        _, detected = self.pipeline.detection({**stage, "skip_writer": True})
-        again = mirror_nodes(detected["result"]["nodes"], geometry, axis=0)
+        request = {"image": image, "image_id": image_id, "device": device}
+        with self.pipeline.detection.pinned():  # the same detector for both passes
+            nodes = self.pipeline.result_for(request)["nodes"]
+            loaded = LoadVolumed(keys="image")({"image": image})
+            geometry: ImageGeometry = loaded["image_geometry"]
+            mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded["image"]), axis=1))  # index axis 0
+            detected = self.pipeline.detection.result_for(request, mirrored, geometry)
+        again = mirror_nodes(detected["nodes"], geometry, axis=0)
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
         entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
         weights = np.asarray([n["detection_score"] for n in nodes], dtype=float)

@@ -26,7 +26,8 @@ from monai.inferers import SimpleInferer
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from lnnode.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
 from .datalist import labelled_datalist
 from .handlers import PublishBestModel
 

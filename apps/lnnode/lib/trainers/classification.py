@@ -23,10 +23,11 @@ from monai.handlers import LrScheduleHandler
 from monailabel.tasks.train.basic_train import Context
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from ..metrics.classification import expected_calibration_error, fit_temperature, roc_auc
-from ..networks.classifier import ClassifierSpec, build_classifier_network
-from ..transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
-from ..transforms.crops import extract_crops
+from lnnode.metrics.classification import expected_calibration_error, fit_temperature, roc_auc
+from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
+from lnnode.transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
+from lnnode.transforms.crops import extract_crops
+
 from .base import LnnodeTrainTask
 from .datalist import corrections_in
 

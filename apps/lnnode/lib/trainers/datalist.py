@@ -47,7 +47,7 @@ def labelled_datalist(
 
 def corrections_in(datalist: list[dict[str, Any]]) -> dict[str, int]:
     """How much reader correction a training set holds: rejected boxes, nodes added/moved/relabelled."""
-    from ..transforms import load_label
+    from lnnode.transforms import load_label
 
     rejected = changed = cases = 0
     for item in datalist:

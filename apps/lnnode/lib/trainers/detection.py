@@ -36,9 +36,9 @@ from monai.transforms import (
 )
 from monailabel.tasks.train.basic_train import Context
 
-from ..networks.anchors import anchor_coverage, design_anchor_shapes
-from ..networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
-from ..transforms import (
+from lnnode.networks.anchors import anchor_coverage, design_anchor_shapes
+from lnnode.networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
+from lnnode.transforms import (
     BODY_THRESHOLD,
     DEFAULT_INTENSITY,
     CropToBodyd,
@@ -51,6 +51,7 @@ from ..transforms import (
     load_label,
     suppress_nested,
 )
+
 from .base import LnnodeTrainTask
 from .datalist import corrections_in
 from .handlers import DetectionCPM

@@ -20,9 +20,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
-from ..atomic import atomic_write_text
-from ..checkpoint import publish, save_checkpoint
-from ..metrics.detection import cpm, froc, match_volume
+from lnnode.io.atomic import atomic_write_text
+from lnnode.io.checkpoint import publish, save_checkpoint
+from lnnode.metrics.detection import cpm, froc, match_volume
 
 logger = logging.getLogger(__name__)
 

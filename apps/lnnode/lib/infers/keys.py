@@ -1,0 +1,15 @@
+"""The data keys the infer tasks pass along (MONAI dictionary transforms read and write them).
+
+``IMAGE`` is what the network reads, as in MONAI Label: the request's image (a datastore path, or the
+paths of a case's sequences) until it is loaded, then the (C, i, j, k) array; the detector's grid
+resampling replaces it with the array on the model grid, the classifier's cropping with the node crops
+(N, C, X, Y, Z). What a step keeps on the side has a key of its own.
+"""
+
+IMAGE = "image"
+IMAGE_GEOMETRY = "image_geometry"  # the source image's geometry (lnnode.geometry.ImageGeometry, world LPS)
+GRID = "grid"  # the detector's world-aligned model grid (an ImageGeometry)
+NODES = "nodes"  # the classifier's query boxes (world LPS)
+RESULT = "result"  # the result document (lnnode.result/1)
+IMAGE_ID = "image_id"  # the name the result gives the image
+SKIP_WRITER = "skip_writer"  # a stage of the pipeline: the data back, no markups file written

@@ -1,0 +1,75 @@
+"""The app's ``--conf`` options (documented in docs/reference.md), parsed once and checked at start-up.
+
+A bad value stops the server with a message naming the option; per-model options (thresholds, TTA...)
+are read by the task configs in ``lib/configs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib.activelearning import DEFAULT_NOVELTY_WEIGHT
+from lib.server.guards import DEFAULT_MAX_UPLOAD_MB
+
+__all__ = ["AppOptions"]
+
+
+def _flag(conf: dict[str, str], key: str, default: str) -> bool:
+    return str(conf.get(key, default)).lower() not in ("false", "0", "no")
+
+
+def _number(conf: dict[str, str], key: str, default: float, kind: type = float) -> Any:
+    raw = conf.get(key)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        value = kind(float(raw)) if kind is int else kind(raw)
+    except ValueError:
+        raise ValueError(f"--conf {key}: a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"--conf {key}: a finite number, got {raw!r}")
+    return value
+
+
+def _names(conf: dict[str, str], key: str) -> list[str]:
+    return [n.strip() for n in (conf.get(key) or "").split(",") if n.strip()]
+
+
+@dataclass
+class AppOptions:
+    model_dir: str
+    demo_dir: str | None
+    models: list[str] | None  # None: every model the app has
+    max_upload_bytes: int
+    novelty_weight: float
+    max_image_voxels: int | None = None
+    auto_train_every: int = 0
+    auto_train_models: list[str] = field(default_factory=list)
+    auto_train_params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str], app_dir: str) -> AppOptions:
+        try:
+            auto_params = json.loads(conf.get("auto_train_params") or "{}")
+        except ValueError as e:
+            raise ValueError(f"--conf auto_train_params: {e}") from None
+        if not isinstance(auto_params, dict):
+            raise ValueError("--conf auto_train_params must be a JSON object, e.g. '{\"max_epochs\": 5}'")
+        wanted = conf.get("models", "all")
+        return cls(
+            # trained models go to --conf model_dir (default <app>/model); the demo weights ship in <app>/model/demo
+            model_dir=os.path.realpath(conf.get("model_dir") or os.path.join(app_dir, "model")),
+            demo_dir=os.path.join(app_dir, "model", "demo") if _flag(conf, "demo_weights", "true") else None,
+            models=None if wanted == "all" else _names(conf, "models"),
+            # 0 turns the upload check off
+            max_upload_bytes=int(_number(conf, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB) * 2**20),
+            novelty_weight=_number(conf, "al_novelty_weight", DEFAULT_NOVELTY_WEIGHT),
+            max_image_voxels=_number(conf, "max_image_voxels", 0, int) or None,
+            auto_train_every=_number(conf, "auto_train_every", 0, int),
+            auto_train_models=_names(conf, "auto_train_models"),
+            auto_train_params=auto_params,
+        )

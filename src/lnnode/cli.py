@@ -1,0 +1,268 @@
+"""lnnode: lymph-node phantoms, data import, training, evaluation and model management.
+
+Every subcommand is documented in ``lnnode <command> --help`` and in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lnnode.appdir import APP_DIR, DEMO_MODEL_DIR
+from lnnode.contracts import CLASSIFICATION, DETECTION, TRAINABLE
+
+DEFAULT_MODEL_DIR = APP_DIR / "model"
+
+
+def _add_synth(sub) -> None:
+    from lnnode.phantoms import add_synth_arguments, run_synth
+
+    p = sub.add_parser(
+        "synth",
+        help="write lymph-node phantoms (CT or MR) with ground truth as a studies folder",
+        description="Deterministic lymph-node phantoms: images, label JSON (label contract), instance masks.",
+    )
+    add_synth_arguments(p)
+    p.set_defaults(run=run_synth)
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="import images + node masks (+ classes CSV) into a studies folder with final labels",
+        description=(
+            "SOURCE holds images/<case>.<ext> (or a DICOM series folder images/<case>/) and "
+            "masks/<case>.nii.gz (instance mask) or masks/<case>/<node>.nii.gz (one mask per node); "
+            "an optional classes.csv has columns case,node,class."
+        ),
+    )
+    p.add_argument("source", help="folder with images/ and masks/")
+    p.add_argument("--studies", required=True, help="studies folder to write (created if missing)")
+    p.add_argument("--classes", help="CSV with columns case,node,class (default: SOURCE/classes.csv if present)")
+    p.add_argument(
+        "--node-pattern",
+        help="regex with groups 'case' and 'node' grouping flat per-node mask files into cases, "
+        "e.g. '(?P<case>.+)_lesion_(?P<node>\\d+).*'",
+    )
+    p.add_argument("--no-instances", action="store_true", help="do not write labels/instances/<case>.nii.gz")
+    p.add_argument("--overwrite", action="store_true", help="replace existing final labels")
+    p.add_argument("--reviewer", help="reviewer name recorded in the labels")
+    p.set_defaults(run=_run_import)
+
+
+def _run_import(args) -> int:
+    from lnnode.data.importer import import_dataset
+
+    report = import_dataset(
+        args.source,
+        args.studies,
+        classes_csv=args.classes,
+        node_pattern=args.node_pattern,
+        write_instances=not args.no_instances,
+        overwrite=args.overwrite,
+        reviewer=args.reviewer,
+    )
+    print(report.summary())
+    return 0 if report.cases else 1
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on a studies folder (the same train task /train/ runs on the server)",
+        description="Train a model on every image of STUDIES with a label of --label-tag (the classifier: on "
+        "every node with a class) and publish the best epoch to --model-dir (the previous model is kept "
+        "for rollback).",
+    )
+    p.add_argument("model", choices=TRAINABLE, help="which model to train")
+    p.add_argument("--studies", required=True, help="studies folder with images and labels")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="where the model is published")
+    p.add_argument("--label-tag", default="final", help="label tag to train from (default: final)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
+    p.add_argument("--init", choices=["current", "scratch"], default="current", help="fine-tune or start anew")
+    p.add_argument("--val-split", type=float, default=0.2, help="share of images held out for validation")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
+    p.add_argument("--patches", type=int, default=4, help="detector: patches per image per step")
+    p.add_argument("--batch-size", type=int, help="classifier: node crops per step (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--modality", choices=["ct", "mr"], default="ct", help="intensity normalisation (new models)")
+    p.add_argument(
+        "--spec",
+        help="JSON of DetectorSpec / ClassifierSpec fields for a new model, e.g. '{\"fpn_channels\": 48}' or "
+        '\'{"architecture": "2.5d", "pretrained_path": "resnet18.pth"}\'',
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (reproducible runs)")
+    p.add_argument(
+        "--publish",
+        choices=["if_not_worse", "always"],
+        default="if_not_worse",
+        help="publish only if the new model's validation metric is not below the served model's on the same "
+        "validation images (default), or always",
+    )
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from lnnode.training import train_model
+
+    extra = {"patches_per_image": args.patches, "publish": args.publish}
+    if args.batch_size:
+        extra["train_batch_size"] = args.batch_size
+    stats = train_model(
+        args.model,
+        studies=args.studies,
+        model_dir=args.model_dir,
+        label_tag=args.label_tag,
+        epochs=args.epochs,
+        init=args.init,
+        val_split=args.val_split,
+        learning_rate=args.lr,
+        device=args.device,
+        modality=args.modality,
+        spec=json.loads(args.spec) if args.spec else None,
+        seed=args.seed,
+        extra=extra,
+    )
+    keys = ("status", "reason", "best_metric", "best_metric_epoch", "compared_with_served")
+    print(json.dumps({k: stats.get(k) for k in keys}, indent=2))
+    return 0 if stats.get("status") in ("published", "kept_previous") else 1
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate on labelled images: detection (FROC, CPM, AP) or classification (AUC, rules, N stage)",
+        description="--task detection (default) runs the detector on every image of STUDIES with a --label-tag "
+        "label and writes metrics.json and froc.png to --out. --task classification classifies the labelled "
+        "nodes that have a class, applies the size and morphology rules to the same nodes, runs the pipeline "
+        "for the N-stage hint and writes classification.json, roc.png and reliability.png.",
+    )
+    p.add_argument("--task", choices=["detection", "classification"], default="detection", help="what to evaluate")
+    p.add_argument("--studies", required=True, help="studies folder with images and ground-truth labels")
+    p.add_argument("--label-tag", default="final", help="ground-truth label tag (default: final)")
+    p.add_argument("--model", help="checkpoint of the evaluated model (default: the served one in --model-dir)")
+    p.add_argument("--detector", help="classification: detector for the N-stage hint (default: the served one)")
+    p.add_argument("--no-stage", action="store_true", help="classification: skip the pipeline's N-stage hint")
+    p.add_argument("--bootstrap", type=int, default=2000, help="classification: bootstrap resamples (AUC CI)")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json and froc.png")
+    p.add_argument("--criterion", choices=["iou", "center"], default="iou", help="hit criterion (default: iou)")
+    p.add_argument("--iou", type=float, default=0.1, help="IoU threshold of the iou criterion (default 0.1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from lnnode.evaluation import evaluate_classification, evaluate_studies
+
+    if args.task == "classification":
+        classifier = args.model or _served_model(args.model_dir, CLASSIFICATION)
+        detector = None if args.no_stage else args.detector or _served_model(args.model_dir, DETECTION)
+        report = evaluate_classification(
+            args.studies, classifier, args.out, args.label_tag, detector, args.device, n_boot=args.bootstrap
+        )
+        for name, r in report["nodes"]["scorers"].items():
+            print(f"{name}: AUC {r['auc']:.3f} (95% CI {r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f})")
+        if "n_stage" in report:
+            print(
+                f"N-stage hint vs truth: kappa {report['n_stage']['kappa']:.3f} ({report['n_stage']['n_cases']} cases)"
+            )
+        print(f"wrote {Path(args.out) / 'classification.json'}, roc.png and reliability.png")
+        return 0
+    model = args.model or _served_model(args.model_dir, DETECTION)
+    metrics = evaluate_studies(
+        args.studies, model, args.out, args.label_tag, args.criterion, args.iou, device=args.device
+    )
+    print(
+        f"{metrics['n_volumes']} volumes, {metrics['n_nodes']} nodes ({metrics['criterion']}): "
+        f"CPM {metrics['cpm']:.3f}, AP@0.1 {metrics['ap@0.1']:.3f}, AP@0.5 {metrics['ap@0.5']:.3f}"
+    )
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'froc.png'}")
+    return 0
+
+
+def _served_model(model_dir: str, name: str) -> str:
+    for path in (Path(model_dir) / f"{name}.pt", DEMO_MODEL_DIR / f"{name}.pt"):
+        if path.exists():
+            return str(path)
+    raise SystemExit(f"no {name} model in {model_dir} (nor demo weights); train one or pass --model")
+
+
+def _add_demo_weights(sub) -> None:
+    p = sub.add_parser(
+        "demo-weights",
+        help="regenerate a shipped demo model (phantoms, fixed seeds, CPU)",
+        description="Writes phantoms to a work folder, trains the model from scratch with fixed seeds and "
+        "writes apps/lnnode/model/demo/<model>.pt (or to --out).",
+    )
+    p.add_argument("--model", choices=TRAINABLE, default=DETECTION, help="which model (default: the detector)")
+    p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
+    p.add_argument("--out", default=str(DEMO_MODEL_DIR), help="folder for the demo checkpoint")
+    p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 80 classifier)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 30 classifier)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=_run_demo_weights)
+
+
+def _run_demo_weights(args) -> int:
+    from lnnode.training import make_demo_weights
+
+    path, stats = make_demo_weights(args.work, args.out, args.cases, args.epochs, args.device, model=args.model)
+    metric = f"{stats.get('key_metric_name')} {stats.get('best_metric')}"
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); validation {metric}")
+    return 0
+
+
+def _add_rollback(sub) -> None:
+    p = sub.add_parser(
+        "rollback",
+        help="serve the previous model again (undoes the last publish; run again to redo)",
+        description="Swaps <model-dir>/<model>.pt and <model>.previous.pt; the server picks it up on the next request.",
+    )
+    p.add_argument("model", choices=TRAINABLE, help="which model")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
+    p.set_defaults(run=_run_rollback)
+
+
+def _run_rollback(args) -> int:
+    from lnnode.io.checkpoint import rollback
+
+    path = rollback(Path(args.model_dir) / f"{args.model}.pt")
+    print(f"{path} is the previous model again")
+    return 0
+
+
+def _add_app_dir(sub) -> None:
+    p = sub.add_parser(
+        "app-dir",
+        help="print the folder of the MONAI Label app (for monailabel start_server --app)",
+        description='monailabel start_server --app "$(lnnode app-dir)" --studies DIR serves the installed app.',
+    )
+    p.set_defaults(run=lambda args: print(APP_DIR) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lnnode", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_synth, _add_import, _add_train, _add_evaluate, _add_demo_weights, _add_rollback, _add_app_dir):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, OSError) as e:  # our errors say what is wrong: no traceback for the user
+        print(f"lnnode {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

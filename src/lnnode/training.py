@@ -1,0 +1,144 @@
+"""Training entry points outside the server (CLI, benchmarks, demo weights).
+
+They run the very train tasks the server's ``/train/`` runs, on a studies folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from monai.utils import set_determinism
+
+from lnnode.appdir import DEMO_MODEL_DIR, app_module
+from lnnode.contracts import CLASSIFICATION, DETECTION
+from lnnode.io.checkpoint import load_checkpoint, save_checkpoint
+from lnnode.networks.classifier import ClassifierSpec
+from lnnode.networks.detector import DetectorSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEMO_SYNTH", "DEMO_REAL", "train_model", "train_detector", "train_classifier", "make_demo_weights"]
+
+# model -> (the app's train task, spec class, checkpoint task, key metric)
+_MODELS = {
+    DETECTION: ("NodeDetectionTrainer", DetectorSpec, "detection", "val_cpm"),
+    CLASSIFICATION: ("NodeClassificationTrainer", ClassifierSpec, "classification", "val_auc"),
+}
+
+# the demo models' training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
+# nodes (half of them real ULS23 shapes) inserted into the real TotalSegmentator CTs
+DEMO_SYNTH: dict[str, Any] = {"modality": "ct", "seed": 7, "shape": (192, 192, 64), "spacing": (1.0, 1.0, 2.0)}
+DEMO_REAL: dict[str, Any] = {"modality": "ct", "seed": 8, "background": "real", "prefix": "realct_"}
+DEMO_REAL_SHARE = 0.25
+# the classifier sees node crops only: more cases (more nodes), smaller volumes
+DEMO_CLASSIFIER_SYNTH: dict[str, Any] = {**DEMO_SYNTH, "seed": 17, "shape": (160, 160, 48)}
+DEMO_CLASSIFIER_REAL: dict[str, Any] = {**DEMO_REAL, "seed": 18}
+DEMO_DEFAULTS = {DETECTION: {"cases": 32, "epochs": 60}, CLASSIFICATION: {"cases": 80, "epochs": 30}}
+
+
+def train_model(
+    model: str,
+    studies: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    label_tag: str = "final",
+    epochs: int = 50,
+    init: str = "current",
+    val_split: float = 0.2,
+    learning_rate: float = 1e-3,
+    device: str = "cpu",
+    modality: str = "ct",
+    spec: dict[str, Any] | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``studies`` and publish to ``model_dir``; returns the train stats."""
+    if model not in _MODELS:
+        raise ValueError(f"unknown model {model!r}; trainable: {', '.join(_MODELS)}")
+    trainer_name, spec_cls, _, _ = _MODELS[model]
+    trainer_cls = getattr(app_module("trainers"), trainer_name)
+    set_determinism(seed)
+    model_path = Path(model_dir) / f"{model}.pt"
+    demo = DEMO_MODEL_DIR / f"{model}.pt"
+    trainer = trainer_cls(
+        model,
+        model_dir=str(model_dir),
+        publish_path=str(model_path),
+        served_paths=[str(demo), str(model_path)],
+        spec=spec_cls.from_dict({**spec_cls().to_dict(), **(spec or {})}),
+        modality=modality,
+    )
+    request = {
+        "max_epochs": epochs,
+        "label_tag": label_tag,
+        "init": init,
+        "val_split": val_split,
+        "learning_rate": learning_rate,
+        "device": device,
+        **(extra or {}),
+    }
+    try:
+        return trainer(request, app_module("datastore").LnnodeDatastore(str(studies)))
+    finally:
+        set_determinism(None)
+
+
+def train_detector(
+    studies: str | os.PathLike, model_dir: str | os.PathLike, patches_per_image: int = 4, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`train_model` for the detector (``patches_per_image`` patches per image and step)."""
+    extra = {"patches_per_image": patches_per_image, **(kwargs.pop("extra", None) or {})}
+    return train_model(DETECTION, studies, model_dir, extra=extra, **kwargs)
+
+
+def train_classifier(studies: str | os.PathLike, model_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """:func:`train_model` for the metastasis classifier."""
+    return train_model(CLASSIFICATION, studies, model_dir, **kwargs)
+
+
+def make_demo_weights(
+    work: str | os.PathLike,
+    out: str | os.PathLike,
+    cases: int | None = None,
+    epochs: int | None = None,
+    device: str = "cpu",
+    model: str = DETECTION,
+) -> tuple[Path, dict[str, Any]]:
+    """Regenerate a shipped demo model: phantoms with fixed seeds, training from scratch."""
+    from lnnode.phantoms import synthesize
+
+    cases = cases or DEMO_DEFAULTS[model]["cases"]
+    epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
+    synth, real = (DEMO_SYNTH, DEMO_REAL) if model == DETECTION else (DEMO_CLASSIFIER_SYNTH, DEMO_CLASSIFIER_REAL)
+    work = Path(work) / model
+    studies = work / "studies"
+    if studies.exists():
+        shutil.rmtree(studies)
+    n_real = int(round(cases * DEMO_REAL_SHARE))
+    synthesize(studies, cases - n_real, **synth)
+    if n_real:
+        synthesize(studies, n_real, **real)
+    model_dir = work / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    stats = train_model(
+        model, studies, model_dir, epochs=epochs, init="scratch", val_split=0.2, device=device,
+        extra={"publish": "always"},  # a regenerated demo model replaces the shipped one whatever it scores
+    )  # fmt: skip
+    if stats.get("status") != "published":
+        raise RuntimeError(f"demo training did not publish a model: {stats.get('reason')}")
+    task, metric = _MODELS[model][2], _MODELS[model][3]
+    checkpoint = load_checkpoint(model_dir / f"{model}.pt", task=task)
+    checkpoint.meta["training"]["demo"] = {
+        "command": f"lnnode demo-weights --model {model} --cases {cases} --epochs {epochs}",
+        "data": (
+            f"phantoms, not clinical data: {cases - n_real} synthetic CT ({synth}) and {n_real} real "
+            f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
+        ),
+        "validation": {metric: stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
+    }
+    target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
+    return target, stats
