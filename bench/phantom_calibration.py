@@ -1,14 +1,14 @@
 """Calibration of the phantom nodes against the 932 real ULS23 NIH node masks.
 
 Measures every real mask (largest component) and a sample of synthetic nodes the same way: RECIST
-short and long axis with ``measurement.axial_axes``, short/long ratio, z extent (number of slices
+short and long axis with ``lnnode.measure.axes.axial_axes``, short/long ratio, z extent (number of slices
 times slice spacing) and volume; prints a markdown table of quantiles (5/25/50/75/95), the agreement
 of ``axial_axes`` with the stats file's rough axial axes, and writes a histogram figure.
 
 Synthetic nodes are rendered alone on a 0.75 x 0.75 x 1.0 mm grid (about the real masks' native
 spacing) with the generator's own code (``isolated_node_mask``), so both sides are digitised alike.
 
-    PYTHONPATH=apps python bench/phantom_calibration.py [--real-data DIR] [--n 600] [--png docs/phantom_sizes.png]
+    python bench/phantom_calibration.py [--real-data DIR] [--n 600] [--png docs/phantom_sizes.png]
 """
 
 from __future__ import annotations

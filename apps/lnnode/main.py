@@ -8,6 +8,7 @@ TaskConfig each) and this file only wires them; the request checks are in ``lib/
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from monailabel.config import settings
@@ -35,11 +36,11 @@ logger = logging.getLogger(__name__)
 
 class LymphNodeApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.options = AppOptions.from_conf(conf, app_dir)
-        if self.options.max_image_voxels:
+        self.options = o = AppOptions.from_conf(conf, app_dir)
+        if o.max_image_voxels is not None:
             # every reader (server, training and scoring processes) gets the same conf: one limit
-            imageio.MAX_IMAGE_VOXELS = self.options.max_image_voxels
-        o = self.options
+            imageio.MAX_IMAGE_VOXELS = o.max_image_voxels
+        os.makedirs(o.model_dir, exist_ok=True)
         self.models = init_task_configs(o.models, o.model_dir, conf, o.demo_dir)
         logger.info(f"+++ lnnode models: {list(self.models)}")
         self.auto_train = AutoTrain(o.auto_train_every, o.auto_train_models, o.auto_train_params)

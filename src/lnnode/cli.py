@@ -1,6 +1,6 @@
 """lnnode: lymph-node phantoms, data import, training, evaluation and model management.
 
-Every subcommand is documented in ``lnnode <command> --help`` and in the README.
+Every subcommand is documented in ``lnnode <command> --help`` and in docs/reference.md.
 """
 
 from __future__ import annotations

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lnnode.appdir import app_module
+from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE
 from lnnode.io.atomic import atomic_write_text
+from lnnode.measure.delineation import measure_node
+from lnnode.measure.rules import n_stage_hint, node_rules
+from lnnode.metrics.classification import classification_report, cohen_kappa, plot_reliability, plot_roc
 from lnnode.metrics.detection import FP_RATES, evaluate_detection
-from lnnode.transforms import load_label
+from lnnode.transforms import LoadVolumed, load_label
 
 __all__ = ["detect_studies", "evaluate_studies", "plot_froc"]
 
@@ -135,11 +140,33 @@ def _manifest_cases(studies: Path) -> dict[str, dict]:
 
 def _true_stage(nodes: list[dict]) -> str | None:
     """The N-stage hint the ground truth gives (count of metastatic nodes); None without classes."""
-    from lnnode.measure.rules import n_stage_hint
-
     if any("class" not in n for n in nodes):
         return None
     return n_stage_hint(sum(n["class"] == "metastatic" for n in nodes))
+
+
+@dataclass
+class _NodeScores:
+    """What evaluate_classification gathers, node by node and case by case."""
+
+    y: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    rules: dict[str, list] = field(default_factory=lambda: {"size_10mm": [], "morphology": []})
+    errors: list[tuple[float, str]] = field(default_factory=list)  # (short-axis error mm, shape source)
+    true_stages: list[str | None] = field(default_factory=list)
+    hinted_stages: list[str] = field(default_factory=list)
+
+    def add_case(self, gt: list[dict], predicted: list[dict], measured: list, truth: list[dict]) -> None:
+        for i, (node, p, m) in enumerate(zip(gt, predicted, measured, strict=True)):
+            self.y.append(int(node["class"] == "metastatic"))
+            self.scores.append(p["p_metastasis"])
+            for rule, value in node_rules(m).items():
+                self.rules[rule].append(value)
+            if m is not None and len(truth) == len(gt):
+                # real ULS23 outlines carry their mask's file name as the source
+                source = truth[i].get("features", {}).get("shape_source") or "unknown"
+                source = source if source in ("synthetic", "unknown") else "real"
+                self.errors.append((abs(m.short_axis_mm - truth[i]["short_axis_mm"]), source))
 
 
 def evaluate_classification(
@@ -157,73 +184,66 @@ def evaluate_classification(
 
     Writes ``classification.json``, ``roc.png`` and ``reliability.png`` to ``out``.
     """
-    from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE
-    from lnnode.measure.delineation import measure_node
-    from lnnode.measure.rules import node_rules
-    from lnnode.metrics.classification import classification_report, cohen_kappa, plot_reliability, plot_roc
-    from lnnode.transforms import LoadVolumed
-
     studies = Path(studies)
     infers = app_module("infers")
     classify = infers.NodeClassification(CLASSIFICATION, [classifier], config={"device": device})
     modality = classify.checkpoint().meta["preprocessing"].get("modality", "ct")
-    pipeline = (
-        infers.NodePipeline(PIPELINE, infers.NodeDetection(DETECTION, [detector], config={"device": device}), classify)
-        if detector
-        else None
-    )
+    pipeline = None
+    if detector:
+        detect = infers.NodeDetection(DETECTION, [detector], config={"device": device})
+        pipeline = infers.NodePipeline(PIPELINE, detect, classify)
     manifest = _manifest_cases(studies)
-    y, scores, rules, errors, stages = [], [], {"size_10mm": [], "morphology": []}, [], ([], [])
-    cases = []
+    gathered, cases = _NodeScores(), []
     datastore = app_module("datastore").LnnodeDatastore(str(studies))
     for item in app_module("trainers.datalist").labelled_datalist(datastore, label_tag):
         gt = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in ("benign", "metastatic")]
         if not gt:
             continue
         cases.append(item["id"])
+        request = {"image": item["image"], "image_id": item["id"], "device": device}
         loaded = LoadVolumed(keys="image")({"image": item["image"]})
-        image, geometry = loaded["image"], loaded["image_geometry"]
-        _, result = classify({"image": item["image"], "image_id": item["id"], "device": device, "nodes": gt})
+        volume, geometry = loaded["image"], loaded["image_geometry"]
+        predicted = classify.result_for({**request, "nodes": gt}, volume, geometry)["nodes"]
+        measured = [measure_node(volume[0], geometry, n["center"], n["size"], modality) for n in gt]
         truth = sorted(manifest.get(item["id"], {}).get("nodes", []), key=lambda n: n.get("instance", 0))
-        for i, (node, predicted) in enumerate(zip(gt, result["nodes"], strict=True)):
-            y.append(int(node["class"] == "metastatic"))
-            scores.append(predicted["p_metastasis"])
-            m = measure_node(image[0], geometry, node["center"], node["size"], modality)
-            for rule, value in node_rules(m).items():
-                rules[rule].append(value)
-            if m is not None and len(truth) == len(gt):
-                # real ULS23 outlines carry their mask's file name as the source
-                source = truth[i].get("features", {}).get("shape_source") or "unknown"
-                source = source if source in ("synthetic", "unknown") else "real"
-                errors.append((abs(m.short_axis_mm - truth[i]["short_axis_mm"]), source))
+        gathered.add_case(gt, predicted, measured, truth)
         if pipeline is not None:
-            true_stage = _true_stage(gt)
-            _, staged = pipeline({"image": item["image"], "image_id": item["id"], "device": device})
-            stages[0].append(true_stage)
-            stages[1].append(staged["summary"]["n_stage_hint"])
-    if not y:
+            gathered.true_stages.append(_true_stage(gt))
+            gathered.hinted_stages.append(pipeline.result_for(request)["summary"]["n_stage_hint"])
+    if not gathered.y:
         raise ValueError(f"{studies}: no labelled node has a class (benign or metastatic) to evaluate against")
+    report = _classification_report(gathered, studies, cases, classifier, detector, label_tag, n_boot)
+    _write_classification_report(report, gathered, Path(out), studies.name)
+    return report
+
+
+def _classification_report(
+    g: _NodeScores, studies: Path, cases: list[str], classifier: str, detector: str | None, label_tag: str, n_boot: int
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "classifier": str(classifier),
         "data": {"studies": str(studies), "label_tag": label_tag, "cases": cases},
         "n_cases": len(cases),
         "boxes": "ground-truth boxes (labelled), so detection errors do not enter the node-level figures",
-        "nodes": classification_report(np.asarray(y), np.asarray(scores), rules=rules, n_boot=n_boot),
+        "nodes": classification_report(np.asarray(g.y), np.asarray(g.scores), rules=g.rules, n_boot=n_boot),
     }
-    if errors:
-        report["short_axis_error_mm"] = _error_summary([e for e, _ in errors])
+    if g.errors:
+        report["short_axis_error_mm"] = _error_summary([e for e, _ in g.errors])
         report["short_axis_error_mm"]["by_shape_source"] = {
-            s: _error_summary([e for e, src in errors if src == s]) for s in sorted({src for _, src in errors})
+            s: _error_summary([e for e, src in g.errors if src == s]) for s in sorted({src for _, src in g.errors})
         }
-    if stages[0] and all(s is not None for s in stages[0]):
-        kappa = cohen_kappa(stages[0], stages[1], labels=["N0", "N1", "N2"])
-        report["n_stage"] = {"detector": str(detector), "n_cases": len(stages[0]), **kappa}
-    out = Path(out)
+    if g.true_stages and all(s is not None for s in g.true_stages):
+        kappa = cohen_kappa(g.true_stages, g.hinted_stages, labels=["N0", "N1", "N2"])
+        report["n_stage"] = {"detector": str(detector), "n_cases": len(g.true_stages), **kappa}
+    return report
+
+
+def _write_classification_report(report: dict[str, Any], g: _NodeScores, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "classification.json", json.dumps(report, indent=2, default=float))
-    plot_roc(np.asarray(y), {"classifier": scores, **rules}, out / "roc.png", title=f"{studies.name}: node-level ROC")
-    plot_reliability(np.asarray(y), np.asarray(scores), out / "reliability.png")
-    return report
+    y = np.asarray(g.y)
+    plot_roc(y, {"classifier": g.scores, **g.rules}, out / "roc.png", title=f"{name}: node-level ROC")
+    plot_reliability(y, np.asarray(g.scores), out / "reliability.png")
 
 
 def _error_summary(errors: list[float]) -> dict[str, float]:

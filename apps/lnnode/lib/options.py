@@ -22,16 +22,18 @@ def _flag(conf: dict[str, str], key: str, default: str) -> bool:
     return str(conf.get(key, default)).lower() not in ("false", "0", "no")
 
 
-def _number(conf: dict[str, str], key: str, default: float, kind: type = float) -> Any:
+def _number(conf: dict[str, str], key: str, default: float | None, kind: type = float, what: str = "") -> Any:
+    """``--conf key`` as a finite ``kind`` (``default`` when not given); else a ValueError naming the option."""
     raw = conf.get(key)
     if raw is None or raw == "":
-        return kind(default)
+        return default
     try:
-        value = kind(float(raw)) if kind is int else kind(raw)
-    except ValueError:
-        raise ValueError(f"--conf {key}: a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"--conf {key}: a finite number, got {raw!r}")
+        value = kind(raw)
+        if not math.isfinite(value):
+            raise ValueError
+    except (ValueError, OverflowError):
+        expected = what or ("an integer" if kind is int else "a finite number")
+        raise ValueError(f"--conf {key}: {expected}, got {raw!r}") from None
     return value
 
 
@@ -60,15 +62,16 @@ class AppOptions:
         if not isinstance(auto_params, dict):
             raise ValueError("--conf auto_train_params must be a JSON object, e.g. '{\"max_epochs\": 5}'")
         wanted = conf.get("models", "all")
+        upload_mb = _number(conf, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB, what="a number of megabytes")
         return cls(
             # trained models go to --conf model_dir (default <app>/model); the demo weights ship in <app>/model/demo
             model_dir=os.path.realpath(conf.get("model_dir") or os.path.join(app_dir, "model")),
             demo_dir=os.path.join(app_dir, "model", "demo") if _flag(conf, "demo_weights", "true") else None,
             models=None if wanted == "all" else _names(conf, "models"),
             # 0 turns the upload check off
-            max_upload_bytes=int(_number(conf, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB) * 2**20),
+            max_upload_bytes=int(upload_mb * 2**20),
             novelty_weight=_number(conf, "al_novelty_weight", DEFAULT_NOVELTY_WEIGHT),
-            max_image_voxels=_number(conf, "max_image_voxels", 0, int) or None,
+            max_image_voxels=_number(conf, "max_image_voxels", None, int),
             auto_train_every=_number(conf, "auto_train_every", 0, int),
             auto_train_models=_names(conf, "auto_train_models"),
             auto_train_params=auto_params,

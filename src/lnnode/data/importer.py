@@ -69,6 +69,14 @@ class ImportReport:
     classes: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
+    def add(self, case: str, label: dict) -> None:
+        """Count an imported case and its nodes by class."""
+        self.cases.append(case)
+        self.nodes += len(label["nodes"])
+        for node in label["nodes"]:
+            key = node.get("class", "no class")
+            self.classes[key] = self.classes.get(key, 0) + 1
+
     def summary(self) -> str:
         classes = ", ".join(f"{k} {v}" for k, v in sorted(self.classes.items())) or "none"
         text = f"imported {len(self.cases)} case(s), {self.nodes} node(s); classes: {classes}"
@@ -183,51 +191,59 @@ def import_dataset(
         report.skipped[case] = "in the class table but has no masks"
 
     for case, mask_source in masks.items():
-        try:
-            check_name(case, "case id")
-        except InvalidName as e:
-            report.skipped[case] = str(e)
-            continue
-        if case not in images:
-            report.skipped[case] = "no image"
-            continue
-        label_path = out / "labels" / "final" / f"{case}.json"
-        if label_path.exists() and not overwrite:
-            report.skipped[case] = f"{label_path} exists (use --overwrite)"
+        why_not = _why_skip(case, images, out, overwrite)
+        if why_not:
+            report.skipped[case] = why_not
             continue
         try:
             image, geometry = read_image(images[case])
-            case_classes = table.get(case, {})
-            if isinstance(mask_source, dict):
-                label, instances = _label_from_node_masks(case, mask_source, case_classes, geometry, write_instances)
-            else:
-                mask, mask_geometry = read_image(mask_source)
-                if mask_geometry.shape != geometry.shape or not np.allclose(
-                    mask_geometry.affine, geometry.affine, atol=1e-3
-                ):
-                    raise DatasetImportError(f"{mask_source}: the instance mask is not on its image's grid")
-                classes = {int(k): v for k, v in case_classes.items()} if case_classes else {}
-                label = label_from_instance_mask(mask.astype(np.int64), geometry, case, classes)
-                instances = mask.astype(np.uint16)
-            check_label_in_image(label, geometry)
+            label, instances = _case_label(case, mask_source, table.get(case, {}), geometry, write_instances)
             if reviewer:
                 label["reviewer"] = reviewer
         except (ImageError, ContractError, DatasetImportError, ValueError) as e:
             report.skipped[case] = str(e)
             continue
-
-        suffix = image_suffix(images[case]) if images[case].is_file() else ".nii.gz"
-        suffix = ".nii.gz" if suffix in (".nhdr", ".mhd") else suffix
-        write_image(image, geometry, out / f"{case}{suffix}")
-        if instances is not None:
-            write_image(instances, geometry, out / "labels" / "instances" / f"{case}.nii.gz")
-        atomic_write_text(label_path, dumps(label))
-        report.cases.append(case)
-        report.nodes += len(label["nodes"])
-        for node in label["nodes"]:
-            key = node.get("class", "no class")
-            report.classes[key] = report.classes.get(key, 0) + 1
+        _write_case(out, case, images[case], image, geometry, label, instances)
+        report.add(case, label)
     return report
+
+
+def _why_skip(case: str, images: dict[str, Path], out: Path, overwrite: bool) -> str | None:
+    """Why ``case`` is not imported (a bad id, no image, a label that would be overwritten), or None."""
+    try:
+        check_name(case, "case id")
+    except InvalidName as e:
+        return str(e)
+    if case not in images:
+        return "no image"
+    label_path = out / "labels" / "final" / f"{case}.json"
+    if label_path.exists() and not overwrite:
+        return f"{label_path} exists (use --overwrite)"
+    return None
+
+
+def _case_label(case: str, mask_source, case_classes: dict, geometry: ImageGeometry, write_instances: bool):
+    """The case's label and instance mask (None when not written) from one instance mask or node masks."""
+    if isinstance(mask_source, dict):
+        label, instances = _label_from_node_masks(case, mask_source, case_classes, geometry, write_instances)
+    else:
+        mask, mask_geometry = read_image(mask_source)
+        if mask_geometry.shape != geometry.shape or not np.allclose(mask_geometry.affine, geometry.affine, atol=1e-3):
+            raise DatasetImportError(f"{mask_source}: the instance mask is not on its image's grid")
+        classes = {int(k): v for k, v in case_classes.items()} if case_classes else {}
+        label = label_from_instance_mask(mask.astype(np.int64), geometry, case, classes)
+        instances = mask.astype(np.uint16)
+    check_label_in_image(label, geometry)
+    return label, instances
+
+
+def _write_case(out: Path, case: str, source: Path, image, geometry: ImageGeometry, label: dict, instances) -> None:
+    suffix = image_suffix(source) if source.is_file() else ".nii.gz"
+    suffix = ".nii.gz" if suffix in (".nhdr", ".mhd") else suffix
+    write_image(image, geometry, out / f"{case}{suffix}")
+    if instances is not None:
+        write_image(instances, geometry, out / "labels" / "instances" / f"{case}.nii.gz")
+    atomic_write_text(out / "labels" / "final" / f"{case}.json", dumps(label))
 
 
 def _label_from_node_masks(

@@ -30,7 +30,7 @@ from lnnode.measure.axes import AxialMeasurement, measure_axial, z_axis_of
 
 __all__ = ["NodeMeasurement", "delineate_node", "measure_node", "ROUND_RATIO", "IRREGULAR_SOLIDITY", "HETEROGENEOUS"]
 
-# Morphology thresholds (documented in docs/measurement.md): a node is "round" when its short/long
+# Morphology thresholds (documented in docs/classification.md): a node is "round" when its short/long
 # axis ratio is at least 0.8; its border is "irregular" when the mean solidity of its axial
 # sections (area / convex-hull area) is below 0.9; it is "heterogeneous" when the texture spread
 # inside it, after removing image noise, exceeds 6 % of the node-to-fat contrast.
@@ -100,6 +100,50 @@ def _solidity(mask2d: np.ndarray) -> float | None:
     return float(mask2d.sum() / hull.volume)
 
 
+def _box_region(g: ImageGeometry, shape, center, size: np.ndarray, scale: float, extra_mm: float = 0.0) -> np.ndarray:
+    """Voxels of a block whose centres lie in the box scaled by ``scale`` (and grown by ``extra_mm``)."""
+    lo, hi = box_world_to_index(center, size * scale + 2 * extra_mm, g)
+    out = np.zeros(shape, bool)
+    s = index_box_to_slices(lo, hi, shape)
+    if s is not None:
+        out[s] = True
+    return out
+
+
+def _levels(block: np.ndarray, core: np.ndarray, box: np.ndarray, outside: np.ndarray, modality: str):
+    """Node and surrounding intensity (medians of the two sides of the box's Otsu threshold), the noise and
+    the contrast; None when nothing stands out from its surroundings."""
+    # on CT the node is the brighter side (fat around it), on T2 the darker one (bright fat); a box's corners
+    # are mostly fat, its core node
+    t = _otsu(block[box | core])
+    node_side = (block >= t) if modality == "ct" else (block <= t)
+    picked = core & node_side
+    if not picked.any():
+        picked = box & node_side
+    if not picked.any() or not (outside & ~node_side).any():
+        return None
+    v_node = float(np.median(block[picked]))
+    v_bg = float(np.median(block[outside & ~node_side]))
+    noise = _noise_sigma(block)
+    if abs(v_node - v_bg) < max(3.0 * noise, 1e-6):
+        return None
+    return {"node": v_node, "surrounding": v_bg, "noise": noise, "contrast": v_node - v_bg}
+
+
+def _node_component(raw: np.ndarray, core: np.ndarray) -> np.ndarray | None:
+    """The connected part of ``raw`` that covers most of the core, or None."""
+    # an opening cuts thin bridges to a touching vessel; a conditional dilation then gives back the
+    # border it ate. A node too small to survive the opening is taken from the raw mask instead.
+    for candidate, opened in ((ndimage.binary_opening(raw, iterations=1), True), (raw, False)):
+        labels, n = ndimage.label(candidate)
+        hits = np.bincount(labels[core], minlength=n + 1)
+        hits[0] = 0
+        if n and hits.max() > 0:
+            node = labels == int(np.argmax(hits))
+            return ndimage.binary_dilation(node, iterations=1) & raw if opened else node
+    return None
+
+
 def delineate_node(
     image: np.ndarray, geometry: ImageGeometry, center: Sequence[float], size: Sequence[float], modality: str = "ct"
 ) -> tuple[np.ndarray, ImageGeometry, dict[str, float]] | None:
@@ -116,13 +160,7 @@ def delineate_node(
     g = ImageGeometry(block.shape, geometry.spacing, tuple(geometry.index_to_world(start)), geometry.direction)
 
     def region(scale: float, extra_mm: float = 0.0) -> np.ndarray:
-        """Voxels whose centres lie in the box scaled by ``scale`` (and grown by ``extra_mm``)."""
-        lo, hi = box_world_to_index(center, size * scale + 2 * extra_mm, g)
-        out = np.zeros(block.shape, bool)
-        s = index_box_to_slices(lo, hi, block.shape)
-        if s is not None:
-            out[s] = True
-        return out
+        return _box_region(g, block.shape, center, size, scale, extra_mm)
 
     core = region(0.5)
     if not core.any():  # a box smaller than a voxel: its nearest voxel
@@ -130,44 +168,20 @@ def delineate_node(
     box, outside = region(1.0), ~region(1.0, 1.0)
     if outside.sum() < 8:
         return None
-    # node and surroundings split at the Otsu threshold of the box: on CT the node is the brighter side
-    # (fat around it), on T2 the darker one (bright fat); a box's corners are mostly fat, its core node
-    t = _otsu(block[box | core])
-    node_side = (block >= t) if modality == "ct" else (block <= t)
-    picked = core & node_side
-    if not picked.any():
-        picked = box & node_side
-    if not picked.any() or not (outside & ~node_side).any():
+    levels = _levels(block, core, box, outside, modality)
+    if levels is None:
         return None
-    v_node = float(np.median(block[picked]))
-    v_bg = float(np.median(block[outside & ~node_side]))
-    contrast = v_node - v_bg
-    noise = _noise_sigma(block)
-    if abs(contrast) < max(3.0 * noise, 1e-6):
-        return None  # nothing stands out from its surroundings
-    occ = np.clip((block - v_bg) / contrast, 0.0, 1.0)
+    occ = np.clip((block - levels["surrounding"]) / levels["contrast"], 0.0, 1.0)
     if modality == "ct":
         # contrast-filled vessels and bone are far brighter than any node: not node, whatever the ramp says
-        occ[block > v_node + 150.0] = 0.0
+        occ[block > levels["node"] + 150.0] = 0.0
     # a node is compact: it stays within the ellipsoid through its box's corners shrunk to KEEP_RADIUS
     # (box-normalised), plus half a voxel; tissue of the same density touching it (muscle, bowel) does not
     pad = KEEP_PAD * (np.abs(g.direction_matrix) @ np.asarray(g.spacing, dtype=float))  # per world axis
     idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in block.shape], indexing="ij"), -1)
     rel = (g.index_to_world(idx.reshape(-1, 3)) - np.asarray(center, dtype=float)) / (size / 2 + pad)
     keep = (np.sum(rel**2, axis=1) <= KEEP_RADIUS**2).reshape(block.shape) & region(KEEP_BOX, pad)
-    raw = (occ >= 0.5) & keep
-    node = None
-    # an opening cuts thin bridges to a touching vessel; a conditional dilation then gives back the
-    # border it ate. A node too small to survive the opening is taken from the raw mask instead.
-    for candidate, opened in ((ndimage.binary_opening(raw, iterations=1), True), (raw, False)):
-        labels, n = ndimage.label(candidate)
-        hits = np.bincount(labels[core], minlength=n + 1)
-        hits[0] = 0
-        if n and hits.max() > 0:
-            node = labels == int(np.argmax(hits))
-            if opened:
-                node = ndimage.binary_dilation(node, iterations=1) & raw
-            break
+    node = _node_component((occ >= 0.5) & keep, core)
     if node is None:
         return None
     node = ndimage.binary_fill_holes(node)
@@ -176,7 +190,7 @@ def delineate_node(
     occupancy = np.zeros(block.shape, np.float32)
     occupancy[rim] = np.minimum(occ[rim], 0.499)
     occupancy[node] = np.where(occ[node] >= 0.5, occ[node], 1.0)
-    return occupancy, g, {"node": v_node, "surrounding": v_bg, "noise": noise, "contrast": contrast}
+    return occupancy, g, levels
 
 
 def _features(

@@ -10,7 +10,7 @@ from .base import infer_config
 from .classification import NodeClassificationConfig
 from .detection import NodeDetectionConfig
 
-# --conf options of the pipeline (documented in the README): conf key -> request param
+# --conf options of the pipeline (documented in docs/reference.md): conf key -> request param
 PIPELINE_OPTIONS = {
     "detection_score_thresh": "score_thresh",
     "detection_nms_thresh": "nms_thresh",
@@ -38,7 +38,7 @@ def init_task_configs(
 ) -> dict[str, TaskConfig]:
     """The TaskConfigs of the models ``names`` (None: all), initialised; unknown names stop the server."""
     available = task_configs()
-    names = names or list(available)
+    names = list(available) if names is None else names
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {', '.join(available)}")
@@ -46,4 +46,3 @@ def init_task_configs(
     for name, config in configs.items():
         config.init(name, model_dir, conf, None, demo_dir=demo_dir)
     return configs
-

@@ -27,7 +27,7 @@ class CheckpointTaskConfig(TaskConfig):
 
     infer_class: ClassVar[type]
     trainer_class: ClassVar[type]
-    infer_options: ClassVar[dict[str, str]]  # --conf key -> request param (documented in the README)
+    infer_options: ClassVar[dict[str, str]]  # --conf key -> request param (documented in docs/reference.md)
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)

@@ -30,6 +30,7 @@ from lnnode.transforms.crops import NodeCropsd, crop_geometry
 from ..server.errors import Unprocessable
 from .base import CheckpointInferTask
 from .detection import model_version
+from .keys import IMAGE, IMAGE_ID, LOGITS, NODES, P_METASTASIS, RESULT, SALIENCY, UNCERTAINTY
 from .writer import ResultWriter, make_result
 
 __all__ = ["NodeClassification", "CheckNodesd", "ClassificationToResultd", "probabilities", "saliency_data_uri"]
@@ -47,7 +48,7 @@ def _truthy(value: Any, default: bool) -> bool:
 class CheckNodesd(MapTransform):
     """Validate the request's ``nodes`` against the image (422 naming the field) and give them ids."""
 
-    def __init__(self, nodes_key: str = "nodes", image_key: str = "image"):
+    def __init__(self, nodes_key: str = NODES, image_key: str = IMAGE):
         super().__init__(keys=[nodes_key])
         self.nodes_key = nodes_key
         self.image_key = image_key
@@ -88,7 +89,7 @@ def saliency_data_uri(cam: np.ndarray, center: Sequence[float], spacing: float) 
 class ClassificationToResultd(MapTransform):
     """Probabilities next to the request's nodes, as a result document (world LPS)."""
 
-    def __init__(self, classifier_name: str, nodes_key: str = "nodes", result_key: str = "result"):
+    def __init__(self, classifier_name: str, nodes_key: str = NODES, result_key: str = RESULT):
         super().__init__(keys=[nodes_key])
         self.classifier_name = classifier_name
         self.nodes_key = nodes_key
@@ -97,15 +98,15 @@ class ClassificationToResultd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         nodes = []
-        for node, p, u in zip(d[self.nodes_key], d["p_metastasis"], d["uncertainty"], strict=True):
+        for node, p, u in zip(d[self.nodes_key], d[P_METASTASIS], d[UNCERTAINTY], strict=True):
             out = {"id": str(node["id"]), "center": list(node["center"]), "size": list(node["size"])}
             out.update({k: node[k] for k in _KEPT if k in node})
             out["p_metastasis"] = round(float(np.clip(p, 0.0, 1.0)), 4)
             out["uncertainty"] = round(float(u), 4)
             nodes.append(out)
-        for out, uri in zip(nodes, d.get("saliency_maps") or [], strict=False):
+        for out, uri in zip(nodes, d.get(SALIENCY) or [], strict=False):
             out["saliency"] = uri
-        d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, classifier=self.classifier_name)
+        d[self.result_key] = make_result(d.get(IMAGE_ID) or "upload", nodes, classifier=self.classifier_name)
         return d
 
 
@@ -141,30 +142,30 @@ class NodeClassification(CheckpointInferTask):
         meta = self.checkpoint().meta
         spec = self.spec()
         return [
-            LoadVolumed(keys="image"),
+            LoadVolumed(keys=IMAGE),
             CheckNodesd(),
-            NormalizeIntensityd(keys="image", spec=meta["preprocessing"]["intensity"]),
-            NodeCropsd(keys="image", shape=spec.crop_shape, spacing=spec.crop_spacing),
+            NormalizeIntensityd(keys=IMAGE, spec=meta["preprocessing"]["intensity"]),
+            NodeCropsd(keys=IMAGE, shape=spec.crop_shape, spacing=spec.crop_spacing, nodes_key=NODES),
         ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         logits = predict_logits(
             self._get_network(device, data),
-            data["image"],
+            data[IMAGE],
             tta=int(data.get("tta") or 8),
             device=device,
             amp=_truthy(data.get("amp"), True),
         )
-        data["logits"] = logits
-        data["p_metastasis"], data["uncertainty"] = probabilities(logits, self.temperature())
-        if _truthy(data.get("saliency"), False) and len(data["nodes"]):
+        data[LOGITS] = logits
+        data[P_METASTASIS], data[UNCERTAINTY] = probabilities(logits, self.temperature())
+        if _truthy(data.get("saliency"), False) and len(data[NODES]):
             try:
-                cams = grad_cam(self._get_network(device, data), data["image"], device=device).numpy()
+                cams = grad_cam(self._get_network(device, data), data[IMAGE], device=device).numpy()
             except ValueError as e:
                 raise Unprocessable(f"saliency: {e}") from None
             spacing = self.spec().crop_spacing
-            data["saliency_maps"] = [
-                saliency_data_uri(cam, node["center"], spacing) for cam, node in zip(cams, data["nodes"], strict=True)
+            data[SALIENCY] = [
+                saliency_data_uri(cam, node["center"], spacing) for cam, node in zip(cams, data[NODES], strict=True)
             ]
         return data
 

@@ -18,6 +18,7 @@ from lnnode.transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, Normaliz
 from lnnode.transforms.boxes import boxes_to_nodes, suppress_nested
 
 from .base import CheckpointInferTask
+from .keys import BOX_SCORES, BOXES, GRID, IMAGE, IMAGE_GEOMETRY, IMAGE_ID, RESULT
 from .writer import ResultWriter, make_result
 
 __all__ = ["NodeDetection", "DetectionToResultd", "model_version"]
@@ -32,8 +33,8 @@ def model_version(checkpoint: Checkpoint, name: str) -> str:
 class DetectionToResultd(MapTransform):
     """Detector output (``boxes``, ``labels_scores`` on the grid) to a result document in world LPS."""
 
-    def __init__(self, grid_key: str = "grid", result_key: str = "result", detector_name: str = ""):
-        super().__init__(keys=["boxes"])
+    def __init__(self, grid_key: str = GRID, result_key: str = RESULT, detector_name: str = ""):
+        super().__init__(keys=[BOXES])
         self.grid_key = grid_key
         self.result_key = result_key
         self.detector_name = detector_name
@@ -41,20 +42,20 @@ class DetectionToResultd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         grid: ImageGeometry = d[self.grid_key]
-        boxes = torch.as_tensor(d["boxes"]).detach().float().cpu().numpy().reshape(-1, 6)
-        scores = torch.as_tensor(d["labels_scores"]).detach().float().cpu().numpy().reshape(-1)
+        boxes = torch.as_tensor(d[BOXES]).detach().float().cpu().numpy().reshape(-1, 6)
+        scores = torch.as_tensor(d[BOX_SCORES]).detach().float().cpu().numpy().reshape(-1)
         order = np.argsort(-scores, kind="stable")
         ranked = [
             {**node, "detection_score": round(float(score), 4)}
             for node, score in zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)
         ]
-        source: ImageGeometry | None = d.get("image_geometry")
+        source: ImageGeometry | None = d.get(IMAGE_GEOMETRY)
         if source is not None:
             # an oblique image's world-aligned grid has corners outside the image: a box centred there
             # is not in the image (and a label or a classification request would be refused for it)
             ranked = [n for n in ranked if source.contains_index(source.world_to_index(n["center"]))]
         nodes = [{"id": f"n{rank + 1}", **node} for rank, node in enumerate(suppress_nested(ranked))]
-        d[self.result_key] = make_result(d.get("image_id") or "upload", nodes, detector=self.detector_name)
+        d[self.result_key] = make_result(d.get(IMAGE_ID) or "upload", nodes, detector=self.detector_name)
         return d
 
 
@@ -91,12 +92,12 @@ class NodeDetection(CheckpointInferTask):
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         meta = self.checkpoint().meta
         transforms = [
-            LoadVolumed(keys="image"),
-            ResampleToGridd(keys="image", spacing=meta["network"]["spacing"]),
-            NormalizeIntensityd(keys="image", spec=meta["preprocessing"]["intensity"]),
+            LoadVolumed(keys=IMAGE),
+            ResampleToGridd(keys=IMAGE, spacing=meta["network"]["spacing"], grid_key=GRID),
+            NormalizeIntensityd(keys=IMAGE, spec=meta["preprocessing"]["intensity"]),
         ]
         if str((data or {}).get("crop_to_body", True)).lower() not in ("false", "0", "no"):
-            transforms.append(CropToBodyd(keys="image", threshold=BODY_THRESHOLD))
+            transforms.append(CropToBodyd(keys=IMAGE, threshold=BODY_THRESHOLD))
         return transforms
 
     def detector(self, data=None):
@@ -117,8 +118,8 @@ class NodeDetection(CheckpointInferTask):
             nms_thresh=None if nms is None else float(nms),
             max_boxes=None if max_boxes is None else int(max_boxes),
         )
-        if data.get("image") is not None:
-            roi = clamp_roi(spec.roi_size, np.shape(data["image"])[1:], spec.size_divisible)
+        if data.get(IMAGE) is not None:
+            roi = clamp_roi(spec.roi_size, np.shape(data[IMAGE])[1:], spec.size_divisible)
             detector.set_sliding_window_inferer(
                 roi_size=roi, overlap=spec.overlap, sw_batch_size=1, mode="constant", device=device
             )

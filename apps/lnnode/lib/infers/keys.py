@@ -13,3 +13,7 @@ NODES = "nodes"  # the classifier's query boxes (world LPS)
 RESULT = "result"  # the result document (lnnode.result/1)
 IMAGE_ID = "image_id"  # the name the result gives the image
 SKIP_WRITER = "skip_writer"  # a stage of the pipeline: the data back, no markups file written
+BOXES, BOX_SCORES = "boxes", "labels_scores"  # what MONAI's RetinaNetDetector returns (on the model grid)
+LOGITS = "logits"  # the classifier's logits per node and flip (N, TTA)
+P_METASTASIS, UNCERTAINTY = "p_metastasis", "uncertainty"  # calibrated mean and spread over the flips, per node
+SALIENCY = "saliency_maps"  # Grad-CAM maps per node, as NIfTI data URIs

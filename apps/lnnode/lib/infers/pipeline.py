@@ -99,13 +99,8 @@ class NodePipeline(BasicInferTask):
         """The nodes with their probabilities, and the classifier's name (None: not classified)."""
         if self.classification is None:
             return nodes, None
-        try:
-            checkpoint = self.classification.checkpoint()
-        except ModelNotReady as e:
-            warnings.append(f"no metastasis probabilities: {e.detail}")
-            return nodes, None
         if not nodes:  # nothing to classify; the result still names the classifier in service
-            return nodes, model_version(checkpoint, self.classification.name)
+            return nodes, model_version(self.classification.checkpoint(), self.classification.name)
         if self.classification.channel_suffixes() != self.channel_suffixes():
             raise Unprocessable(
                 f"the classifier reads sequences {self.classification.channel_suffixes()} but the detector "
@@ -121,29 +116,33 @@ class NodePipeline(BasicInferTask):
             raise Unprocessable(f"image {request.get(IMAGE)!r} cannot be used: {e.reason}") from None
         return loaded[IMAGE], loaded[IMAGE_GEOMETRY]
 
-    def _pinned_stages(self) -> contextlib.ExitStack:
-        """Both stages' checkpoints resolved once for the whole request (the detector's 503 comes first)."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.detection.pinned())
-        if self.classification is not None:
-            with contextlib.suppress(ModelNotReady):  # no classifier: the result says so in its warnings
-                stack.enter_context(self.classification.pinned())
-        return stack
-
     def __call__(self, request, callbacks=None):
         return ResultWriter()({RESULT: self.result_for(request)})
 
     def result_for(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The pipeline's result document for ``request``, without writing a markups file."""
-        with self._pinned_stages():
-            return self._run(request)
+        """The pipeline's result document for ``request``, without writing a markups file.
 
-    def _run(self, request: dict) -> dict[str, Any]:
-        begin = time.perf_counter()
+        Both stages' checkpoints are resolved once for the whole request; the detector's 503 comes before
+        the image is read, a classifier without weights leaves the nodes unclassified (said in ``warnings``).
+        """
         req = {**self._config, **request}
         by = str(req.get("suspicious_by") or "classifier")
         if by not in SUSPICIOUS_BY:
             raise RequestError(f"suspicious_by must be one of {', '.join(SUSPICIOUS_BY)}; got {by!r}")
+        warnings: list[str] = []
+        with contextlib.ExitStack() as stages:
+            stages.enter_context(self.detection.pinned())
+            classification = self.classification
+            if classification is not None:
+                try:
+                    stages.enter_context(classification.pinned())
+                except ModelNotReady as e:
+                    warnings.append(f"no metastasis probabilities: {e.detail}")
+                    classification = None
+            return self._run(req, by, classification is not None, warnings)
+
+    def _run(self, req: dict, by: str, classify: bool, warnings: list[str]) -> dict[str, Any]:
+        begin = time.perf_counter()
         p_thresh = float(req.get("p_thresh") or 0.5)
         volume, geometry = self._load(req)
         latencies = {"load": time.perf_counter() - begin}
@@ -153,8 +152,9 @@ class NodePipeline(BasicInferTask):
         latencies["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        warnings: list[str] = []
-        nodes, classifier = self._classify(req, detection["nodes"], volume, geometry, warnings)
+        nodes, classifier = detection["nodes"], None
+        if classify:
+            nodes, classifier = self._classify(req, nodes, volume, geometry, warnings)
         latencies["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -14,6 +14,8 @@ from typing import Any
 from lnnode.contracts import RESULT_SCHEMA
 from lnnode.contracts.markups import markups_from_nodes
 
+from .keys import RESULT
+
 __all__ = ["make_result", "ResultWriter"]
 
 
@@ -37,9 +39,9 @@ def make_result(
 
 
 class ResultWriter:
-    """Writer for infer tasks: ``data["result"]`` is the result document; returns (markups file, result)."""
+    """Writer for infer tasks: ``data[RESULT]`` is the result document; returns (markups file, result)."""
 
-    def __init__(self, result_key: str = "result"):
+    def __init__(self, result_key: str = RESULT):
         self.result_key = result_key
 
     def __call__(self, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

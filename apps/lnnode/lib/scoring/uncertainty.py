@@ -35,6 +35,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from lnnode.geometry import ImageGeometry
 from lnnode.transforms import LoadVolumed
 
+from ..infers.keys import IMAGE, IMAGE_GEOMETRY
 from ..server.errors import ModelNotReady
 from ..trainers.datalist import companion_ids
 from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
@@ -120,8 +121,8 @@ class NodeUncertaintyScoring(ScoringMethod):
 
     def appearance_of(self, image: str | list[str]) -> dict[str, Any]:
         """The appearance of one image as the detector sees it (its pre-transforms: grid, intensity, body)."""
-        data = Compose(self.pipeline.detection.pre_transforms({}))({"image": image})
-        rows = appearance(np.asarray(data["image"]))
+        data = Compose(self.pipeline.detection.pre_transforms({}))({IMAGE: image})
+        rows = appearance(np.asarray(data[IMAGE]))
         return {"histograms": np.round(rows, 4).tolist(), "preprocessing": self._preprocessing()}
 
     def score_image(self, image: str | list[str], image_id: str, device: str = "cpu") -> dict[str, Any]:
@@ -130,9 +131,9 @@ class NodeUncertaintyScoring(ScoringMethod):
         request = {"image": image, "image_id": image_id, "device": device}
         with self.pipeline.detection.pinned():  # the same detector for both passes
             nodes = self.pipeline.result_for(request)["nodes"]
-            loaded = LoadVolumed(keys="image")({"image": image})
-            geometry: ImageGeometry = loaded["image_geometry"]
-            mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded["image"]), axis=1))  # index axis 0
+            loaded = LoadVolumed(keys=IMAGE)({IMAGE: image})
+            geometry: ImageGeometry = loaded[IMAGE_GEOMETRY]
+            mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded[IMAGE]), axis=1))  # index axis 0
             detected = self.pipeline.detection.result_for(request, mirrored, geometry)
         again = mirror_nodes(detected["nodes"], geometry, axis=0)
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]

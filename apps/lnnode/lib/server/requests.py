@@ -73,4 +73,3 @@ def prepare_infer(request: dict[str, Any], infers: dict[str, Any], datastore: Da
     request["image"] = sequences(model, suffixes, image, datastore)
     request["save_label"] = False  # MONAI Label would keep the markups file as "original": lnnode keeps results
     return request
-

@@ -14,7 +14,7 @@ from lnnode.contracts import RULE_VALUES, parse_result
 from lnnode.io.checkpoint import load_checkpoint
 from lnnode.phantoms import synthesize
 
-from .conftest import multipart
+from ..conftest import multipart
 
 pytestmark = pytest.mark.server
 
@@ -113,7 +113,7 @@ def test_pipeline_returns_the_result_contract_with_measurements_and_rules(start_
 
 
 def test_demo_classifier_is_shipped_small_calibrated_and_reproducible():
-    from .conftest import APP_DIR
+    from ..conftest import APP_DIR
 
     path = APP_DIR / "model" / "demo" / "lymph_node_classification.pt"
     assert path.exists(), "regenerate with: lnnode demo-weights --model lymph_node_classification"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, fake_result
+from ..conftest import REPO, fake_result
 
 slicer = pytest.importorskip("slicer", reason="slicer-core not installed (pip install -e '.[slicer]')")
 if not hasattr(slicer, "vtkMRMLMarkupsROINode"):

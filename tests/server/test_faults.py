@@ -12,7 +12,7 @@ import pytest
 
 from lnnode.phantoms import synthesize
 
-from .conftest import APP_DIR
+from ..conftest import APP_DIR
 
 pytestmark = pytest.mark.server
 
@@ -109,7 +109,7 @@ def test_server_killed_while_labels_are_written_leaves_a_consistent_datastore(st
 
     from lnnode.contracts import parse_label
 
-    from .conftest import multipart
+    from ..conftest import multipart
 
     studies = tmp_path / "studies"
     synthesize(studies, 2, modality="ct", seed=7, shape=(64, 64, 24), spacing=(1.5, 1.5, 2.5), label_tag="truth")

@@ -42,7 +42,7 @@ from lnnode.phantoms.nodes import (
     sample_plans,
 )
 
-from .conftest import REAL_DATA, requires_real_data
+from ..conftest import REAL_DATA, requires_real_data
 
 TINY = {"shape": (64, 64, 24), "spacing": (2.0, 2.0, 3.0)}
 
@@ -94,7 +94,7 @@ def test_config_errors_are_clear():
 
 def test_real_data_dir_default_and_env(monkeypatch):
     monkeypatch.delenv("LNNODE_REAL_DATA", raising=False)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     assert default_real_data_dir() == repo.parent / "shared" / "data" / "real"
     monkeypatch.setenv("LNNODE_REAL_DATA", "/somewhere/else")
     assert default_real_data_dir() == Path("/somewhere/else")

@@ -13,7 +13,7 @@ from monailabel.client import MONAILabelClient
 from lnnode.contracts import parse_result
 from lnnode.phantoms import synthesize
 
-from .conftest import APP_DIR
+from ..conftest import APP_DIR
 
 pytestmark = pytest.mark.server
 

@@ -14,7 +14,7 @@ import pytest
 
 from lnnode.phantoms import synthesize
 
-from .conftest import REPO, fake_result
+from ..conftest import REPO, fake_result
 
 sys.path.insert(0, str(REPO / "slicer_module" / "LymphNodeReview"))
 

@@ -14,7 +14,7 @@ from lnnode.geometry import ImageGeometry
 from lnnode.io.image import write_image
 from lnnode.phantoms import synthesize
 
-from .conftest import multipart
+from ..conftest import multipart
 
 pytestmark = pytest.mark.server
 

@@ -22,7 +22,7 @@ from lnnode.geometry import ImageGeometry
 from lnnode.io.image import read_sitk
 from lnnode.phantoms import synthesize
 
-from .conftest import multipart
+from ..conftest import multipart
 
 pytestmark = pytest.mark.server
 

@@ -1,4 +1,5 @@
-"""The real MONAI Label server with apps/lnnode on 127.0.0.1: info, datastore, and bad requests."""
+"""The server's guards: bad requests answer a 4xx with a reason, refused uploads store nothing and leave no temp
+file, the upload size limit, path traversal."""
 
 from __future__ import annotations
 
@@ -6,120 +7,16 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lnnode.contracts import dumps, make_label
-from lnnode.io.image import write_image
+from lnnode.contracts import dumps
 
-from .conftest import Server, multipart
+from ..conftest import multipart
+from .conftest import label_for
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("server")
-    studies = root / "studies"
-    (studies / "labels" / "final").mkdir(parents=True)
-    return studies
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory) -> tuple[Path, object]:
-    """A small CT-like volume on an oblique, flipped, anisotropic grid."""
-    from lnnode.geometry import ImageGeometry
-
-    from .conftest import rotation
-
-    direction = rotation("z", 15) @ np.diag([-1.0, -1.0, 1.0])
-    g = ImageGeometry((48, 40, 10), (0.8, 0.8, 4.0), (30.0, 20.0, -100.0), tuple(direction.ravel()))
-    rng = np.random.default_rng(3)
-    path = tmp_path_factory.mktemp("img") / "upload_me.nii.gz"
-    write_image(rng.normal(40, 20, g.shape).astype(np.int16), g, path)
-    return path, g
-
-
-@pytest.fixture(scope="module")
-def server(studies, image_file, tmp_path_factory):
-    # one image with a label JSON already in the folder: the datastore must see it as a label
-    path, g = image_file
-    (studies / "preexisting.nii.gz").write_bytes(path.read_bytes())
-    centre = g.index_to_world(np.array(g.shape) / 2).tolist()
-    label = make_label("preexisting", [{"center": centre, "size": [6.0, 5.0, 8.0], "class": "benign"}])
-    (studies / "labels" / "final" / "preexisting.json").write_text(dumps(label))
-    log_dir = tmp_path_factory.mktemp("logs")
-    conf = {"model_dir": str(log_dir / "models"), "demo_weights": "false", "max_upload_mb": "1"}
-    # its own temp folder: what an upload leaves there can be checked
-    env = {"TMPDIR": str(tmp_path_factory.mktemp("server_tmp"))}
-    server = Server(studies, conf, log_dir / "server.log", env_overrides=env)
-    server.wait_ready()
-    yield server
-    server.stop()
-
-
-def label_for(image_id: str, g, reviewer: str = "dr.test") -> dict:
-    centre = g.index_to_world(np.array(g.shape) / 2).tolist()
-    nodes = [
-        {"center": centre, "size": [8.0, 7.0, 12.0], "class": "metastatic", "origin": "model", "from_node": "n1"},
-        {"center": [c + 5 for c in centre], "size": [5.0, 5.0, 8.0], "class": "benign", "origin": "added"},
-    ]
-    rejected = [{"center": [c - 5 for c in centre], "size": [6.0, 6.0, 6.0], "from_node": "n2"}]
-    return make_label(image_id, nodes, rejected, reviewer=reviewer, reviewed_at="2026-11-24T09:00:00Z")
-
-
-def test_info_lists_models_before_any_training(server):
-    status, info = server.request("GET", "/info/")
-    assert status == 200
-    assert info["name"] == "lnnode"
-    assert "lymph_node_detection" in info["models"]
-    assert info["models"]["lymph_node_detection"]["type"] == "detection"
-    assert info["models"]["lymph_node_detection"]["weights"]["path"] is None
-    assert "lymph_node_detection" in info["trainers"]
-    assert {"random", "first"} <= set(info["strategies"])
-    assert info["datastore"]["completed"] >= 1, "the label JSON already in the folder counts as a label"
-
-
-def test_infer_without_weights_explains_instead_of_crashing(server):
-    status, body = server.request("POST", "/infer/lymph_node_detection?image=preexisting")
-    assert status == 503
-    assert "has no weights yet" in body["detail"] and "/train/lymph_node_detection" in body["detail"]
-    assert server.request("GET", "/info/")[0] == 200, "the server keeps serving"
-
-
-def test_upload_image_and_label_with_the_client_and_read_them_back(server, image_file, tmp_path):
-    path, g = image_file
-    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
-    assert client.upload_image(str(path), image_id="case_001")["image"] == "case_001"
-    label = label_for("case_001", g)
-    label_path = tmp_path / "case_001.json"
-    label_path.write_text(dumps(label))
-    assert client.save_label("case_001", str(label_path), tag="final")["label"] == "case_001"
-
-    downloaded = Path(client.download_label("case_001", "final"))
-    assert downloaded.read_bytes() == label_path.read_bytes()
-    assert json.loads(downloaded.read_text()) == label
-    status, image_bytes = server.request("GET", "/datastore/image?image=case_001")
-    assert status == 200 and image_bytes == path.read_bytes()
-    objects = client.datastore()["objects"]
-    assert objects["case_001"]["labels"]["final"]["ext"] == ".json"
-
-
-def test_resubmitted_label_keeps_the_earlier_version(server, image_file, studies, tmp_path):
-    path, g = image_file
-    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
-    client.upload_image(str(path), image_id="case_002")
-    first = tmp_path / "first.json"
-    first.write_text(dumps(label_for("case_002", g)))
-    client.save_label("case_002", str(first), tag="final")
-    second = tmp_path / "second.json"
-    second.write_text(dumps(label_for("case_002", g, reviewer="dr.second")))
-    client.save_label("case_002", str(second), tag="final")
-    assert Path(client.download_label("case_002", "final")).read_bytes() == second.read_bytes()
-    history = list((studies / "labels" / "final" / ".history").glob("*case_002.json"))
-    assert [h.read_bytes() for h in history] == [first.read_bytes()]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import ImageError, read_image, write_image
 
-from .conftest import REAL_DATA, requires_real_data
+from ..conftest import REAL_DATA, requires_real_data
 
 
 @pytest.fixture

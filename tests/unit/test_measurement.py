@@ -10,7 +10,7 @@ import pytest
 from lnnode.geometry import ImageGeometry
 from lnnode.measure.axes import axial_axes, measure_axial, z_axis_of
 
-from .conftest import REAL_DATA, requires_real_data
+from ..conftest import REAL_DATA, requires_real_data
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 RAS = (-1, 0, 0, 0, -1, 0, 0, 0, 1)

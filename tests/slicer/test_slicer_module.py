@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from lnnode.geometry import ImageGeometry
 from lnnode.phantoms import synthesize
 
-from .conftest import REPO, rotation
+from ..conftest import REPO, rotation
 
 slicer = pytest.importorskip("slicer", reason="slicer-core not installed (pip install -e '.[slicer]')")
 if not hasattr(slicer, "vtkMRMLMarkupsROINode"):

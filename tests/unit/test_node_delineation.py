@@ -11,7 +11,7 @@ from lnnode.geometry import ImageGeometry
 from lnnode.measure.axes import measure_axial
 from lnnode.measure.delineation import measure_node
 
-from .conftest import requires_real_data, rotation
+from ..conftest import requires_real_data, rotation
 
 
 def render(geometry: ImageGeometry, center, semi_axes, value=50.0, background=-100.0, hole=None, noise=0.0, seed=0):

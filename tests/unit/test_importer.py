@@ -15,7 +15,7 @@ from lnnode.data.importer import DatasetImportError, import_dataset, read_class_
 from lnnode.geometry import ImageGeometry, lps_to_ras
 from lnnode.io.image import read_image, write_image
 
-from .conftest import REAL_DATA, requires_real_data, rotation
+from ..conftest import REAL_DATA, requires_real_data, rotation
 
 ULS = REAL_DATA / "uls23_nih_ln" / "masks"
 

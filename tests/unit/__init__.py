@@ -1,0 +1,1 @@
+"""Unit tests of the library and the app's parts: no server."""
