@@ -88,3 +88,37 @@ def test_scene_edits_become_the_label(scene, tmp_path):
     # showing the review again hides the rejected box and keeps one ROI per node
     rois = show_review(scene, session)
     assert sorted(rois) == ["a1", "n1", "n2", "n3"] and not rois["n2"].GetDisplayNode().GetVisibility()
+
+
+def test_slicers_own_markups_files_read_back_as_the_label(scene, tmp_path):
+    """ROI markups as Slicer writes them (its JSON storage node), gathered in one document as the stock MONAI
+    Label plugin uploads a detection label, become the label lnnode stores: kept, moved, deleted, added."""
+    from lnnode.contracts.markups import MARKUPS_SCHEMA, label_from_markups
+
+    original = fake_result()
+    written = []
+    for node, move in zip(original["nodes"][:2], ([0.0, 0.0, 0.0], [-4.0, 0.0, 0.0]), strict=True):  # n3 deleted
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", node["id"])
+        x, y, z = node["center"]
+        roi.SetCenter([-x + move[0], -y + move[1], z + move[2]])  # RAS in the scene
+        roi.SetSize(node["size"])
+        written.append(roi)
+    new = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "metastatic")
+    new.SetCenter([-40.0, -30.0, 10.0])
+    new.SetSize([6.0, 6.0, 6.0])
+    written.append(new)
+    markups = []
+    for i, roi in enumerate(written):
+        storage = scene.AddNewNodeByClass("vtkMRMLMarkupsROIJsonStorageNode")
+        roi.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName(str(tmp_path / f"roi{i}.mrk.json"))
+        assert storage.WriteData(roi)
+        markups += json.loads((tmp_path / f"roi{i}.mrk.json").read_text())["markups"]
+    label = label_from_markups({"@schema": MARKUPS_SCHEMA, "markups": markups}, "case1", original)
+    kept, moved, added = label["nodes"]
+    assert kept["from_node"] == "n1" and kept["center"] == pytest.approx([0.0, -5.0, 2.0]) and "edited" not in kept
+    assert moved["from_node"] == "n2" and moved["edited"] and moved["center"] == pytest.approx([14.0, -5.0, 2.0])
+    assert added["origin"] == "added" and added["center"] == pytest.approx([40.0, 30.0, 10.0])
+    assert added["class"] == "metastatic", "the class the reader named the box with"
+    assert [r["from_node"] for r in label["rejected"]] == ["n3"]
+    assert [m["controlPoints"][0]["label"] for m in markups[:2]] == ["n1-1", "n2-1"], "matched by name, too"

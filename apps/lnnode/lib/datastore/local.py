@@ -9,6 +9,9 @@ What it adds to the stock datastore:
 * uploads are checked before anything is stored: an image must be a readable 3D volume, a label
   JSON must pass the contract (the ``original`` tag holds model results, every other tag reviews),
   and its boxes must lie in the image; the client gets a 4xx naming the problem;
+* a Slicer markups JSON of ROI boxes (what the stock MONAI Label Slicer plugin saves for a detection
+  model) is turned into a label first, compared with the case's ``original`` result
+  (:func:`lnnode.contracts.markups.label_from_markups`);
 * files are written to a temp file and renamed, and a replaced label is kept under
   ``labels/<tag>/.history/`` instead of being overwritten (its label info lists the versions);
 * the datastore file (``datastore_v2.json``) is written atomically, and every change re-reads it
@@ -25,6 +28,7 @@ import filecmp
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +37,8 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lnnode.contracts import ContractError, check_label_in_image, ids, parse_label, parse_result
+from lnnode.contracts import ContractError, check_label_in_image, dumps, ids, parse_label, parse_result
+from lnnode.contracts.markups import is_markups, label_from_markups
 from lnnode.corrections import review_stats
 from lnnode.geometry import ImageGeometry
 from lnnode.io.atomic import TEMP_DIR_NAME, atomic_copy, atomic_write_text
@@ -264,17 +269,41 @@ class LnnodeDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
 
     # -- labels -------------------------------------------------------------------------------------
+    @staticmethod
+    def _read_label_json(image_id: str, label_filename: str) -> bytes:
+        size = os.path.getsize(label_filename)
+        if size > MAX_LABEL_JSON_BYTES:
+            raise RequestError(
+                f"label for {image_id!r} was not stored: {size:,} bytes, over the limit of "
+                f"{MAX_LABEL_JSON_BYTES:,} for a label JSON",
+                status_code=413,
+            )
+        with open(label_filename, "rb") as f:
+            return f.read()
+
+    def _converted_markups(self, image_id: str, label_filename: str, tag: str, suffix: str) -> str | None:
+        """A Slicer markups file (what the stock MONAI Label plugin saves) as a label file in lnnode's contract,
+        compared with the case's ``original`` result; None for anything else."""
+        if suffix != ".json" or tag == DefaultLabelTag.ORIGINAL.value:
+            return None
+        try:
+            doc = json.loads(self._read_label_json(image_id, label_filename))
+        except ValueError:
+            return None  # not JSON: the label check says so
+        if not is_markups(doc):
+            return None
+        try:
+            label = label_from_markups(doc, image_id, self.original_result(image_id))
+        except ContractError as e:
+            raise Unprocessable(f"markups label for {image_id!r} was not stored: {e}") from None
+        fd, path = tempfile.mkstemp(prefix="lnnode-markups-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(dumps(label))
+        return path
+
     def _validate_label_file(self, image_id: str, label_filename: str, tag: str, suffix: str) -> None:
         if suffix == ".json":
-            size = os.path.getsize(label_filename)
-            if size > MAX_LABEL_JSON_BYTES:
-                raise RequestError(
-                    f"label for {image_id!r} was not stored: {size:,} bytes, over the limit of "
-                    f"{MAX_LABEL_JSON_BYTES:,} for a label JSON",
-                    status_code=413,
-                )
-            with open(label_filename, "rb") as f:
-                data = f.read()
+            data = self._read_label_json(image_id, label_filename)
             try:
                 doc = parse_result(data) if tag == DefaultLabelTag.ORIGINAL.value else parse_label(data)
                 if doc["image"] != image_id:
@@ -298,7 +327,7 @@ class LnnodeDatastore(LocalDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         tag = check_name(label_tag or DefaultLabelTag.FINAL.value, "label tag")
-        obj = self._object(image_id)
+        self._object(image_id)  # 404 before anything else
         suffix = image_suffix(label_filename) or os.path.splitext(label_filename)[1].lower()
         if suffix not in {p[1:] for p in LABEL_PATTERNS}:
             raise RequestError(
@@ -306,6 +335,16 @@ class LnnodeDatastore(LocalDatastore):
                 f"contract) or an image mask ({', '.join(p[1:] for p in IMAGE_PATTERNS)})"
             )
         info = _info_object(label_info)
+        converted = self._converted_markups(image_id, label_filename, tag, suffix)
+        if converted is None:
+            return self._store_label(image_id, label_filename, tag, suffix, info)
+        try:
+            return self._store_label(image_id, converted, tag, suffix, {**info, "converted_from": "slicer_markups"})
+        finally:
+            os.remove(converted)
+
+    def _store_label(self, image_id: str, label_filename: str, tag: str, suffix: str, info: dict[str, Any]) -> str:
+        """Check the label, compare a review with the model's result, keep the earlier version, store it."""
         self._validate_label_file(image_id, label_filename, tag, suffix)
         if suffix == ".json" and tag != DefaultLabelTag.ORIGINAL.value:
             with open(label_filename, "rb") as f:
