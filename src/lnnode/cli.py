@@ -236,6 +236,43 @@ def _run_rollback(args) -> int:
     return 0
 
 
+def _add_infer(sub) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="run the pipeline (detect, classify, measure, rules) on image files, without a server",
+        description="SOURCE: an image file (.nii.gz, .nii, .nrrd, .mha), a folder of them, or a folder holding one "
+        "DICOM series. Writes <case>.json (the result contract, world LPS mm) and <case>.mrk.json (Slicer "
+        "markups of the boxes) per case to --out, with the models the server serves from --model-dir (else the "
+        "demo models) and the server's parameter checks.",
+    )
+    p.add_argument("source", help="image file, folder of image files, or DICOM series folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
+    p.add_argument("--no-demo-weights", action="store_true", help="do not fall back to the shipped demo models")
+    p.add_argument("--score-thresh", type=float, help="detection score threshold (default: the checkpoint's)")
+    p.add_argument("--nms-thresh", type=float, help="NMS IoU threshold (default: the checkpoint's)")
+    p.add_argument("--max-boxes", type=int, help="most boxes per image (default: the checkpoint's)")
+    p.add_argument("--tta", type=int, help="flips averaged per node, 1-8 (default 8)")
+    p.add_argument("--p-thresh", type=float, help="p_metastasis from which a node is suspicious (default 0.5)")
+    p.add_argument("--suspicious-by", choices=["classifier", "size_10mm", "morphology"], help="staging criterion")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_infer)
+
+
+def _run_infer(args) -> int:
+    from lnnode.inference import infer_files
+
+    names = ("score_thresh", "nms_thresh", "max_boxes", "tta", "p_thresh", "suspicious_by", "device")
+    params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    demo = None if args.no_demo_weights else DEMO_MODEL_DIR
+    report = infer_files(
+        args.source, args.out, args.model_dir, demo, params, progress=not args.no_progress, verbose=args.verbose
+    )
+    print(report.summary())
+    return 0 if report.written and not report.failed else 1
+
+
 def _add_app_dir(sub) -> None:
     p = sub.add_parser(
         "app-dir",
@@ -249,7 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnnode", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_import, _add_train, _add_evaluate, _add_demo_weights, _add_rollback, _add_app_dir):
+    adders = (
+        _add_synth,
+        _add_import,
+        _add_train,
+        _add_evaluate,
+        _add_infer,
+        _add_demo_weights,
+        _add_rollback,
+        _add_app_dir,
+    )
+    for add in adders:
         add(sub)
     return parser
 
