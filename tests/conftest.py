@@ -64,8 +64,15 @@ def free_port() -> int:
 class Server:
     """A real ``monailabel start_server`` process on 127.0.0.1 serving apps/lnnode."""
 
-    def __init__(self, studies: Path, conf: dict[str, str], log: Path, env_overrides: dict[str, str] | None = None):
-        self.studies = studies
+    def __init__(
+        self,
+        studies: Path | str,
+        conf: dict[str, str],
+        log: Path,
+        env_overrides: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.studies = studies  # a folder, or a DICOMweb URL (then give cwd)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
@@ -82,7 +89,7 @@ class Server:
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=studies.parent
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd or Path(studies).parent
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:

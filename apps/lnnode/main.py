@@ -19,7 +19,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning import Uncertain
 from lib.configs import PIPELINE_OPTIONS, infer_config, init_task_configs
-from lib.datastore import LnnodeDatastore, keep_original
+from lib.datastore import LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
 from lib.options import AppOptions
 from lib.scoring import NodeUncertaintyScoring
@@ -57,7 +57,7 @@ class LymphNodeApp(MONAILabelApp):
     # -- wiring -------------------------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()  # a PACS over DICOMweb
+            return dicomweb_datastore(self.studies, self.options)  # a PACS; MONAI Label's own would fetch dcmqi
         auto_reload, read_only = settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD, settings.MONAI_LABEL_DATASTORE_READ_ONLY
         return LnnodeDatastore(self.studies, auto_reload=auto_reload, read_only=read_only)
 

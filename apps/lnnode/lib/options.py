@@ -37,6 +37,16 @@ def _number(conf: dict[str, str], key: str, default: float | None, kind: type = 
     return value
 
 
+def _json_object(conf: dict[str, str], key: str, example: str) -> dict[str, Any]:
+    try:
+        value = json.loads(conf.get(key) or "{}")
+    except ValueError as e:
+        raise ValueError(f"--conf {key}: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--conf {key} must be a JSON object, e.g. '{example}'")
+    return value
+
+
 def _names(conf: dict[str, str], key: str) -> list[str]:
     return [n.strip() for n in (conf.get(key) or "").split(",") if n.strip()]
 
@@ -52,15 +62,16 @@ class AppOptions:
     auto_train_every: int = 0
     auto_train_models: list[str] = field(default_factory=list)
     auto_train_params: dict[str, Any] = field(default_factory=dict)
+    # a PACS as --studies (lib/datastore/dicomweb.py)
+    dicomweb_modalities: tuple[str, ...] = ("CT", "MR")
+    dicomweb_search: dict[str, Any] = field(default_factory=dict)
+    dicomweb_cache: str | None = None  # None: ~/.cache/lnnode/dicomweb/<hash of the URL>
+    dicomweb_timeout_s: float = 30.0
+    dicomweb_refresh_s: float = 60.0
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str) -> AppOptions:
-        try:
-            auto_params = json.loads(conf.get("auto_train_params") or "{}")
-        except ValueError as e:
-            raise ValueError(f"--conf auto_train_params: {e}") from None
-        if not isinstance(auto_params, dict):
-            raise ValueError("--conf auto_train_params must be a JSON object, e.g. '{\"max_epochs\": 5}'")
+        auto_params = _json_object(conf, "auto_train_params", '{"max_epochs": 5}')
         wanted = conf.get("models", "all")
         upload_mb = _number(conf, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB, what="a number of megabytes")
         return cls(
@@ -75,4 +86,9 @@ class AppOptions:
             auto_train_every=_number(conf, "auto_train_every", 0, int),
             auto_train_models=_names(conf, "auto_train_models"),
             auto_train_params=auto_params,
+            dicomweb_modalities=tuple(m.upper() for m in _names(conf, "dicomweb_modalities")) or ("CT", "MR"),
+            dicomweb_search=_json_object(conf, "dicomweb_search", '{"StudyDate": "20260101-"}'),
+            dicomweb_cache=conf.get("dicomweb_cache") or None,
+            dicomweb_timeout_s=_number(conf, "dicomweb_timeout_s", 30.0),
+            dicomweb_refresh_s=_number(conf, "dicomweb_refresh_s", 60.0),
         )

@@ -1,0 +1,207 @@
+"""A PACS over DICOMweb (QIDO-RS, WADO-RS) as lnnode's datastore: the series are cached as a local studies folder.
+
+Every series the search matches (``--conf dicomweb_modalities``, default CT and MR, plus the QIDO filters in
+``--conf dicomweb_search``) is fetched once into the cache folder and read as a volume there; the cache is an
+:class:`~lib.datastore.local.LnnodeDatastore`, so every lnnode guarantee holds for PACS images as for a folder:
+JSON labels validated and versioned in the local ``labels/`` folder (never passed to a SEG converter, never
+deleted because the PACS has no SEG), reviews compared, training and the strategies reading them. Image ids are
+SeriesInstanceUIDs, checked like any id. New series are picked up on the next refresh (``--conf
+dicomweb_refresh_s``). Nothing is downloaded from anywhere else at start-up.
+
+A PACS that cannot be reached, answers with an error or takes longer than ``--conf dicomweb_timeout_s`` to answer
+gives a 502 / 504 naming it where a request needs it; the cached series keep being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+import SimpleITK as sitk
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from lnnode.contracts.ids import InvalidName, check_name
+from lnnode.io.atomic import TEMP_DIR_NAME
+from lnnode.io.image import ImageError, read_sitk
+
+from ..server.errors import RequestError
+from .local import LnnodeDatastore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DicomwebDatastore", "PacsError", "dicomweb_datastore"]
+
+_SERIES_UID, _STUDY_UID, _MODALITY = "0020000E", "0020000D", "00080060"
+_INFO_FIELDS = {"00100020": "PatientID", "00080020": "StudyDate", "0008103E": "SeriesDescription"}
+
+
+class PacsError(RequestError):
+    """The PACS did not answer as it should: 502 (unreachable, an error) or 504 (too slow)."""
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session whose every request has a timeout (DICOMwebClient sets none: a PACS could hang us)."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", self.timeout_s)
+        return super().request(*args, **kwargs)
+
+
+def _value(ds: dict[str, Any], tag: str) -> str | None:
+    values = (ds.get(tag) or {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+class DicomwebDatastore(LnnodeDatastore):
+    """``url``: the DICOMweb root (e.g. Orthanc's ``http://host:8042/dicom-web``); ``cache``: the local folder."""
+
+    def __init__(
+        self,
+        url: str,
+        cache: str,
+        modalities: tuple[str, ...] = ("CT", "MR"),
+        search: dict[str, Any] | None = None,
+        timeout_s: float = 30.0,
+        refresh_s: float = 60.0,
+        client: DICOMwebClient | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.modalities = tuple(modalities)
+        self.search = dict(search or {})
+        self.refresh_s = refresh_s
+        if client is None:
+            client = DICOMwebClient(url=self.url, session=_TimeoutSession(timeout_s))
+            client.set_http_retry_params(retry=False)  # its default: 5 tries over 30 s on any error, a silent stall
+        self.client = client
+        self.timeout_s = timeout_s
+        self._synced_at = 0.0
+        self._sync_lock = threading.Lock()
+        os.makedirs(cache, exist_ok=True)
+        super().__init__(cache, auto_reload=False)
+        self.sync(required=False)
+
+    def name(self) -> str:
+        return self.url
+
+    # -- the PACS -----------------------------------------------------------------------------------
+    @contextmanager
+    def _pacs(self, what: str) -> Iterator[None]:
+        """Turn the PACS's failures into a 502/504 naming it and what was asked."""
+        try:
+            yield
+        except requests.exceptions.Timeout:
+            raise PacsError(
+                f"the PACS at {self.url} did not answer within {self.timeout_s:g} s ({what})", status_code=504
+            ) from None
+        except requests.exceptions.ConnectionError as e:
+            reason = str(e).split("Caused by")[-1].strip(" ()'\"")[:160]
+            raise PacsError(f"the PACS at {self.url} cannot be reached ({what}): {reason}", status_code=502) from None
+        except requests.exceptions.HTTPError as e:
+            status = getattr(e.response, "status_code", "?")
+            raise PacsError(f"the PACS at {self.url} answered {status} ({what})", status_code=502) from None
+
+    def remote_series(self) -> dict[str, dict[str, Any]]:
+        """SeriesInstanceUID -> its QIDO attributes, for every series the search matches."""
+        found: dict[str, dict[str, Any]] = {}
+        for modality in self.modalities:
+            with self._pacs(f"searching {modality} series"):
+                datasets = self.client.search_for_series(search_filters={**self.search, "Modality": modality})
+            for ds in datasets:
+                uid = _value(ds, _SERIES_UID)
+                if uid:
+                    found[uid] = ds
+        return found
+
+    def _info(self, ds: dict[str, Any]) -> dict[str, Any]:
+        info = {"SeriesInstanceUID": _value(ds, _SERIES_UID), "StudyInstanceUID": _value(ds, _STUDY_UID)}
+        info.update(Modality=_value(ds, _MODALITY), source=self.url)
+        info.update({name: _value(ds, tag) for tag, name in _INFO_FIELDS.items() if _value(ds, tag)})
+        return info
+
+    def _fetch(self, uid: str, ds: dict[str, Any]) -> None:
+        """Fetch one series (WADO-RS), read it as a volume and add it to the cache."""
+        scratch = os.path.join(self._datastore_path, TEMP_DIR_NAME)  # not scanned as images
+        os.makedirs(scratch, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="series-", dir=scratch) as tmp:
+            folder = os.path.join(tmp, "dicom")
+            os.makedirs(folder)
+            with self._pacs(f"fetching series {uid}"):
+                instances = self.client.retrieve_series(_value(ds, _STUDY_UID), uid)
+            for instance in instances:
+                Dataset.save_as(instance, os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
+            volume = os.path.join(tmp, f"{uid}.nii.gz")
+            sitk.WriteImage(read_sitk(folder), volume, useCompression=True)  # its own voxel type and geometry
+            self.add_image(uid, volume, self._info(ds))
+
+    def sync(self, required: bool = True) -> list[str]:
+        """Fetch the series the PACS has and the cache has not; the ids fetched. ``required``: a PACS that
+        fails is an error (502/504), else it is logged and the cache is served as it is."""
+        with self._sync_lock:
+            try:
+                remote = self.remote_series()
+            except PacsError as e:
+                if required:
+                    raise
+                logger.warning(f"{e.detail}; serving the {len(self._datastore.objects)} cached series")
+                return []
+            fetched = []
+            for uid, ds in remote.items():
+                if uid in self._datastore.objects:
+                    continue
+                try:
+                    check_name(uid, "series id")
+                    self._fetch(uid, ds)
+                    fetched.append(uid)
+                except (InvalidName, ImageError, RequestError) as e:  # one bad series does not stop the others
+                    reason = getattr(e, "detail", None) or getattr(e, "reason", None) or str(e)
+                    logger.warning(f"series {uid} from {self.url} not cached: {reason}")
+            self._synced_at = time.monotonic()
+            if fetched:
+                logger.info(f"cached {len(fetched)} new series from {self.url}")
+            return fetched
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._synced_at >= self.refresh_s:
+            self.sync(required=False)
+
+    # -- what the strategies and the endpoints ask ---------------------------------------------------
+    def list_images(self) -> list[str]:
+        self._refresh()
+        return super().list_images()
+
+    def get_unlabeled_images(self, label_tag=None, labels=None) -> list[str]:
+        self._refresh()
+        return super().get_unlabeled_images(label_tag, labels)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        if not os.path.realpath(image_filename).startswith(os.path.realpath(self._datastore_path) + os.sep):
+            raise RequestError(f"images come from the PACS at {self.url}: store the series there", status_code=405)
+        return super().add_image(image_id, image_filename, image_info)
+
+
+def dicomweb_datastore(url: str, options: Any) -> DicomwebDatastore:
+    """The datastore of ``--studies <DICOMweb URL>`` with the app's ``--conf dicomweb_*`` options."""
+    cache = options.dicomweb_cache or os.path.join(
+        os.path.expanduser("~"), ".cache", "lnnode", "dicomweb", hashlib.sha1(url.encode()).hexdigest()[:16]
+    )
+    return DicomwebDatastore(
+        url,
+        cache,
+        modalities=options.dicomweb_modalities,
+        search=options.dicomweb_search,
+        timeout_s=options.dicomweb_timeout_s,
+        refresh_s=options.dicomweb_refresh_s,
+    )
