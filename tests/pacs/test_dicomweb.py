@@ -44,6 +44,7 @@ def pacs(orthanc, tmp_path_factory):
 def server(orthanc, pacs, tmp_path_factory):
     root = tmp_path_factory.mktemp("lnnode")
     conf = {"device": "cpu", "dicomweb_cache": str(root / "cache"), "model_dir": str(root / "models")}
+    conf.update(dicomweb_refresh_s="0", dicomweb_timeout_s="5")  # every listing asks the PACS
     start = time.perf_counter()
     server = Server(orthanc.dicomweb, conf, root / "server.log", cwd=root)
     server.wait_ready()
@@ -135,6 +136,19 @@ def test_a_pacs_that_is_down_or_too_slow_is_named(orthanc, pacs, tmp_path):
             stalled.sync(required=True)
         assert caught.value.status_code == 504 and "did not answer within 1 s" in caught.value.detail
         assert time.perf_counter() - begin < 10, "no hang"
+
+
+def test_a_pacs_that_stops_while_serving_leaves_the_cached_series_served(server, orthanc, pacs):
+    orthanc.stop()
+    begin = time.perf_counter()
+    status, listing = server.request("GET", "/datastore/?output=all")
+    assert status == 200 and {pacs["ct"], pacs["mr"]} <= set(listing["objects"]), "the cache, not a 500"
+    status, info = server.request("GET", "/info/")
+    assert status == 200 and info["datastore"]["total"] >= 2, info.get("datastore")
+    status, result = server.request("POST", f"/infer/lymph_node_detection?image={pacs['ct']}&output=json")
+    assert status == 200 and result["image"] == pacs["ct"]
+    assert time.perf_counter() - begin < 60
+    assert "cannot be reached" in Path(server.log).read_text(), "the failure is logged, naming the PACS"
 
 
 def _free_port() -> int:
