@@ -9,7 +9,8 @@ SeriesInstanceUIDs, checked like any id. New series are picked up on the next re
 dicomweb_refresh_s``). Nothing is downloaded from anywhere else at start-up.
 
 A PACS that cannot be reached, answers with an error or takes longer than ``--conf dicomweb_timeout_s`` to answer
-gives a 502 / 504 naming it where a request needs it; the cached series keep being served.
+is logged, named with the reason, and the cached series keep being served (no request waits longer than the
+timeout); :meth:`DicomwebDatastore.sync` with ``required`` raises it as a 502 / 504.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class DicomwebDatastore(LnnodeDatastore):
             try:
                 remote = self.remote_series()
             except PacsError as e:
+                self._synced_at = time.monotonic()  # the next try waits for the next refresh
                 if required:
                     raise
                 logger.warning(f"{e.detail}; serving the {len(self._datastore.objects)} cached series")
@@ -165,6 +167,9 @@ class DicomwebDatastore(LnnodeDatastore):
                     check_name(uid, "series id")
                     self._fetch(uid, ds)
                     fetched.append(uid)
+                except PacsError as e:  # the PACS went away: the rest waits for the next refresh
+                    logger.warning(f"{e.detail}; {len(fetched)} new series cached before")
+                    break
                 except (InvalidName, ImageError, RequestError) as e:  # one bad series does not stop the others
                     reason = getattr(e, "detail", None) or getattr(e, "reason", None) or str(e)
                     logger.warning(f"series {uid} from {self.url} not cached: {reason}")
