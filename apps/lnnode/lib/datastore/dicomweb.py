@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DicomwebDatastore", "PacsError", "dicomweb_datastore"]
 
 _SERIES_UID, _STUDY_UID, _MODALITY = "0020000E", "0020000D", "00080060"
+_AS_STORED = (("application/dicom", "*"),)
 _INFO_FIELDS = {"00100020": "PatientID", "00080020": "StudyDate", "0008103E": "SeriesDescription"}
 
 
@@ -140,7 +141,9 @@ class DicomwebDatastore(LnnodeDatastore):
             folder = os.path.join(tmp, "dicom")
             os.makedirs(folder)
             with self._pacs(f"fetching series {uid}"):
-                instances = self.client.retrieve_series(_value(ds, _STUDY_UID), uid)
+                # as stored (transfer syntax "*"): no transcoding on the PACS, where Orthanc's GDCM plugin has
+                # crashed decoding JPEG 2000 for a WADO-RS request; SimpleITK decodes it here
+                instances = self.client.retrieve_series(_value(ds, _STUDY_UID), uid, media_types=_AS_STORED)
             for instance in instances:
                 Dataset.save_as(instance, os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
             volume = os.path.join(tmp, f"{uid}.nii.gz")
