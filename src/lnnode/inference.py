@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 from lnnode.appdir import app_module
 from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE, dumps
 from lnnode.contracts.ids import InvalidName, check_name
 from lnnode.contracts.markups import markups_from_nodes
 from lnnode.io.atomic import atomic_write_text
-from lnnode.io.image import IMAGE_SUFFIXES, ImageError, image_suffix, read_sitk
+from lnnode.io.image import IMAGE_SUFFIXES, image_suffix
 
 __all__ = ["InferReport", "find_cases", "infer_files"]
 
@@ -57,12 +59,15 @@ def find_cases(source: str | os.PathLike) -> list[tuple[str, Path]]:
     images = sorted(p for p in src.iterdir() if p.is_file() and image_suffix(p) in IMAGE_SUFFIXES)
     if images:
         return [(_case_id(p), p) for p in images]
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns "No Series were found" on stderr: we say it
     try:
-        read_sitk(src)  # a DICOM series folder: one case
-    except ImageError as e:
-        raise ValueError(
-            f"{src}: no image files (.nii.gz, .nii, .nrrd, .mha) and not a DICOM series ({e.reason})"
-        ) from None
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(src))  # headers only: the pipeline reads the voxels
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    if len(series) != 1:
+        found = "no DICOM series" if not series else f"{len(series)} DICOM series (give one per folder)"
+        raise ValueError(f"{src}: no image files (.nii.gz, .nii, .nrrd, .mha) and {found}")
     return [(src.name, src)]
 
 
