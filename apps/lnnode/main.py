@@ -19,7 +19,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning import Uncertain
 from lib.configs import PIPELINE_OPTIONS, infer_config, init_task_configs
-from lib.datastore import LnnodeDatastore, dicomweb_datastore, keep_original
+from lib.datastore import DicomwebDatastore, LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
 from lib.options import AppOptions
 from lib.scoring import NodeUncertaintyScoring
@@ -119,6 +119,8 @@ class LymphNodeApp(MONAILabelApp):
             training = self.auto_train.on_final_label(self._trainers, self.async_training)
             if training is not None:
                 answer["training"] = training
+            if isinstance(datastore, DicomwebDatastore):  # last: a PACS that fails answers 502/504, all else done
+                answer["pacs"] = datastore.write_back(image_id)
         return answer
 
     def async_scoring(self, method, params=None):

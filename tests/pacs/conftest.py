@@ -17,11 +17,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from ..conftest import free_port
+from lnnode.phantoms import default_real_data_dir
+
+from ..conftest import Server, free_port
 
 ORTHANC = shutil.which("Orthanc")
 PLUGINS = Path("/usr/share/orthanc/plugins")
 CT_STORAGE, MR_STORAGE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+SERIES = default_real_data_dir() / "totalseg" / "example_ct_dicom"  # real CT, JPEG 2000, empty UIDs
 
 
 def loopback_only() -> bool:
@@ -110,5 +113,31 @@ def orthanc(tmp_path_factory):
     if not loopback_only():
         pytest.skip("Orthanc listens on every interface: run inside a loopback-only network namespace (./run.sh test)")
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc, tmp_path_factory):
+    if not SERIES.is_dir():
+        pytest.skip(f"real DICOM series not found at {SERIES}")
+    root = tmp_path_factory.mktemp("series")
+    ct = copy_series(SERIES, root / "ct", "CT")
+    mr = copy_series(SERIES, root / "mr", "MR", patient="LNNODE-MR")
+    for folder in ("ct", "mr"):
+        orthanc.upload(root / folder)
+    return {"ct": ct, "mr": mr, "folder": root / "ct"}
+
+
+@pytest.fixture(scope="module")
+def server(orthanc, pacs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lnnode")
+    conf = {"device": "cpu", "dicomweb_cache": str(root / "cache"), "model_dir": str(root / "models")}
+    conf.update(dicomweb_refresh_s="0", dicomweb_timeout_s="5")  # every listing asks the PACS
+    start = time.perf_counter()
+    server = Server(orthanc.dicomweb, conf, root / "server.log", cwd=root)
+    server.wait_ready()
+    server.start_seconds = time.perf_counter() - start
+    server.cache, server.models = root / "cache", root / "models"
     yield server
     server.stop()

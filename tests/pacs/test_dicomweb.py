@@ -18,41 +18,8 @@ from lib.datastore import DicomwebDatastore, PacsError
 from lnnode.contracts import dumps, make_label
 from lnnode.contracts.markups import MARKUPS_SCHEMA, markups_from_nodes
 from lnnode.io.image import read_geometry, read_sitk
-from lnnode.phantoms import default_real_data_dir
-
-from ..conftest import Server
-from .conftest import copy_series
 
 pytestmark = pytest.mark.server
-
-SERIES = default_real_data_dir() / "totalseg" / "example_ct_dicom"
-
-
-@pytest.fixture(scope="module")
-def pacs(orthanc, tmp_path_factory):
-    if not SERIES.is_dir():
-        pytest.skip(f"real DICOM series not found at {SERIES}")
-    root = tmp_path_factory.mktemp("series")
-    ct = copy_series(SERIES, root / "ct", "CT")
-    mr = copy_series(SERIES, root / "mr", "MR", patient="LNNODE-MR")
-    for folder in ("ct", "mr"):
-        orthanc.upload(root / folder)
-    return {"ct": ct, "mr": mr, "folder": root / "ct"}
-
-
-@pytest.fixture(scope="module")
-def server(orthanc, pacs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lnnode")
-    conf = {"device": "cpu", "dicomweb_cache": str(root / "cache"), "model_dir": str(root / "models")}
-    conf.update(dicomweb_refresh_s="0", dicomweb_timeout_s="5")  # every listing asks the PACS
-    start = time.perf_counter()
-    server = Server(orthanc.dicomweb, conf, root / "server.log", cwd=root)
-    server.wait_ready()
-    server.start_seconds = time.perf_counter() - start
-    server.cache = root / "cache"
-    yield server
-    server.stop()
-
 
 def test_the_server_starts_offline_and_lists_the_ct_and_mr_series(server, pacs):
     status, listing = server.request("GET", "/datastore/?output=all")
