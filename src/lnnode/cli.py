@@ -257,6 +257,12 @@ def _add_infer(sub) -> None:
     p.add_argument("--suspicious-by", choices=["classifier", "size_10mm", "morphology"], help="staging criterion")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write a DICOM SEG + SR of each result to <case>.dicom/ (with the image as a DICOM series "
+        "when it is not one)",
+    )
     p.set_defaults(run=_run_infer)
 
 
@@ -267,10 +273,55 @@ def _run_infer(args) -> int:
     params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     demo = None if args.no_demo_weights else DEMO_MODEL_DIR
     report = infer_files(
-        args.source, args.out, args.model_dir, demo, params, progress=not args.no_progress, verbose=args.verbose
+        args.source,
+        args.out,
+        args.model_dir,
+        demo,
+        params,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+        dicom=args.dicom,
     )
     print(report.summary())
     return 0 if report.written and not report.failed else 1
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the DICOM SEG + SR (TID 1500) of a studies folder's labels",
+        description="Per labelled case: a DICOM SEG of the node delineations (one segment per node) and a TID 1500 "
+        "SR measurement report (short/long axis, probability, class, rules), on the case's DICOM series (--dicom), "
+        "else on the image written as a DICOM series. Into labels/<tag>/<id>.dicom/ beside the label, or "
+        "--out/<id>/. Exporting again supersedes the earlier report (the new SR names it as predecessor).",
+    )
+    p.add_argument("--studies", required=True, help="studies folder (images + labels/<tag>/<id>.json)")
+    p.add_argument("--image", action="append", default=[], help="a case id (repeat; default: every labelled case)")
+    p.add_argument("--tag", default="final", help="label tag (default final; original: the stored model results)")
+    p.add_argument("--dicom", help="the DICOM series folder the case's image was made from (with one --image)")
+    p.add_argument(
+        "--modality",
+        choices=["CT", "MR"],
+        help="of an image that is not DICOM (default: CT when it holds values below -500, i.e. HU, else MR)",
+    )
+    p.add_argument("--out", help="output folder (default: beside each label)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from lnnode.dicom import export_studies
+
+    done = export_studies(args.studies, args.image, args.tag, args.out, args.dicom, args.modality)
+    for image_id, exported in done.items():
+        if isinstance(exported, str):
+            print(f"{image_id}: not exported: {exported}")
+        else:
+            n = len(exported.report.tracking_uids)
+            written = " (image written as a DICOM series)" if exported.source.written else ""
+            print(f"{image_id}: {n} node(s) -> {exported.folder}{written}")
+    failed = sum(isinstance(e, str) for e in done.values())
+    print(f"{len(done) - failed} case(s) exported, {failed} failed")
+    return 1 if failed else 0
 
 
 def _add_app_dir(sub) -> None:
@@ -292,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_evaluate,
         _add_infer,
+        _add_export,
         _add_demo_weights,
         _add_rollback,
         _add_app_dir,

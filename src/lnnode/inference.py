@@ -2,7 +2,8 @@
 
 An image file, a folder of them, or a folder holding one DICOM series goes in; per case a result JSON
 (``<case>.json``, the result contract) and a Slicer markups file of the boxes (``<case>.mrk.json``) come
-out. The models, the parameters and their checks are the server's (the app's own tasks and parameter
+out, and with ``dicom`` a DICOM SEG + SR of the result (``<case>.dicom/``, :mod:`lnnode.dicom.export`).
+The models, the parameters and their checks are the server's (the app's own tasks and parameter
 table); a case that cannot be read is reported with the reason and the others go on.
 """
 
@@ -23,8 +24,9 @@ from lnnode.appdir import app_module
 from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE, dumps
 from lnnode.contracts.ids import InvalidName, check_name
 from lnnode.contracts.markups import markups_from_nodes
+from lnnode.dicom.export import RESULTS_SUFFIX
 from lnnode.io.atomic import atomic_write_text
-from lnnode.io.image import IMAGE_SUFFIXES, image_suffix
+from lnnode.io.image import IMAGE_SUFFIXES, ImageError, image_suffix
 
 __all__ = ["InferReport", "find_cases", "infer_files"]
 
@@ -112,6 +114,13 @@ def _cases_to_run(cases: list[tuple[str, Path]], report: InferReport) -> Iterato
         yield case, path
 
 
+def _export(result: dict[str, Any], image: Path, out: Path, pipeline, params: dict[str, Any]) -> None:
+    from lnnode.dicom import export_result
+
+    modality = pipeline.detection.checkpoint().meta["preprocessing"].get("modality", "ct").upper()
+    export_result(result, image, out, modality=modality, p_thresh=float(params.get("p_thresh") or 0.5))
+
+
 def infer_files(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -120,8 +129,10 @@ def infer_files(
     params: dict[str, Any] | None = None,
     progress: bool = True,
     verbose: bool = False,
+    dicom: bool = False,
 ) -> InferReport:
-    """Run the pipeline on every case of ``source``; write ``<case>.json`` and ``<case>.mrk.json`` to ``out``."""
+    """Run the pipeline on every case of ``source``; write ``<case>.json`` and ``<case>.mrk.json`` to ``out``
+    (and ``<case>.dicom/`` with ``dicom``)."""
     # MONAI Label's infer tasks log every transform at the level a request names (and dump the request when
     # that is the root logger's level): quiet unless asked
     params = {"logging": "INFO" if verbose else "ERROR", **_checked_params(dict(params or {}))}
@@ -144,6 +155,12 @@ def infer_files(
             continue
         atomic_write_text(out / f"{case}.json", dumps(result))
         atomic_write_text(out / f"{case}.mrk.json", json.dumps(markups_from_nodes(result["nodes"]), indent=1))
+        if dicom:
+            try:
+                _export(result, path, out / f"{case}{RESULTS_SUFFIX}", pipeline, params)
+            except (ImageError, ValueError) as e:
+                report.failed[case] = f"result written, DICOM SEG + SR not: {e}"
+                continue
         report.written[case] = len(result["nodes"])
         report.seconds[case] = round(time.perf_counter() - start, 2)
     return report

@@ -1,6 +1,6 @@
 """Results as DICOM: a SEG of the node delineations and a TID 1500 SR measurement report, on the source series."""
 
-from .export import Exported, SourceSeries, export_label, export_result, source_series
+from .export import Exported, SourceSeries, export_label, export_result, export_studies, source_series
 from .findings import Finding, findings_from_label, findings_from_result
 from .report import Report, make_report
 from .series import read_series, write_series
@@ -12,6 +12,7 @@ __all__ = [
     "SourceSeries",
     "export_label",
     "export_result",
+    "export_studies",
     "findings_from_label",
     "findings_from_result",
     "make_report",

@@ -35,9 +35,13 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None) -> lis
             continue
         if "ImagePositionPatient" in ds and (series_uid is None or ds.SeriesInstanceUID == series_uid):
             datasets.append(ds)
-    series = {ds.SeriesInstanceUID for ds in datasets}
+    series = {ds.get("SeriesInstanceUID") for ds in datasets}
     if len(series) != 1:
         raise ImageError(folder, f"expected one DICOM image series, found {len(series)}")
+    for ds in datasets:
+        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
+        if missing:
+            raise ImageError(folder, f"slices without {', '.join(missing)}: a SEG or SR cannot reference them")
     return datasets
 
 

@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 import lnnode
 from lnnode.contracts import parse_label
 from lnnode.contracts.ids import InvalidName, check_name
-from lnnode.dicom.export import SEG_FILE, SR_FILE, export_label
+from lnnode.dicom.export import RESULTS_SUFFIX, SEG_FILE, SR_FILE, export_label
 from lnnode.io.atomic import TEMP_DIR_NAME
 from lnnode.io.image import ImageError, read_sitk
 
@@ -52,7 +52,6 @@ _SERIES_UID, _STUDY_UID, _MODALITY = "0020000E", "0020000D", "00080060"
 _AS_STORED = (("application/dicom", "*"),)
 _INFO_FIELDS = {"00100020": "PatientID", "00080020": "StudyDate", "0008103E": "SeriesDescription"}
 SOURCE_DIR = ".dicom"  # <cache>/.dicom/<series uid>/: the series as fetched, which a SEG and an SR reference
-RESULTS_SUFFIX = ".dicom"  # <cache>/labels/final/<series uid>.dicom/: the SEG + SR last stored on the PACS
 FINAL = DefaultLabelTag.FINAL.value
 
 
@@ -289,6 +288,7 @@ class DicomwebDatastore(LnnodeDatastore):
         with open(self.get_label_uri(image_id, FINAL), "rb") as f:
             label = parse_label(f.read())
         source = self.source_series(image_id)
+        # labels/final/<series uid>.dicom/: the SEG + SR last stored on the PACS (the next one's predecessor)
         results = os.path.join(self._datastore.label_path(FINAL), f"{image_id}{RESULTS_SUFFIX}")
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="results-", dir=self._scratch()) as tmp:
