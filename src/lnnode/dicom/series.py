@@ -24,13 +24,13 @@ __all__ = ["person_name", "read_series", "slice_index", "write_series"]
 
 
 def read_series(folder: str | os.PathLike, series_uid: str | None = None) -> list[Dataset]:
-    """The datasets (pixel data included) of the one image series in ``folder`` (or of ``series_uid``)."""
+    """The headers (no pixel data) of the one image series in ``folder`` (or of ``series_uid``)."""
     datasets = []
     for path in sorted(Path(folder).iterdir()):
         if not path.is_file():
             continue
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)  # the headers are what a SEG and an SR reference
         except (pydicom.errors.InvalidDicomError, OSError):
             continue
         if "ImagePositionPatient" in ds and (series_uid is None or ds.SeriesInstanceUID == series_uid):
