@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without installing
 
-from lnnode.dicom.export import _write, source_series  # noqa: E402
+from lnnode.dicom.export import save_report, source_series  # noqa: E402
 from lnnode.dicom.findings import findings_from_label  # noqa: E402
 from lnnode.dicom.report import make_report  # noqa: E402
 from lnnode.dicom.series import write_series  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> int:
         report = make_report(source.datasets, source.geometry, findings, reviewed=True, reviewer="Bench^")
         times["SEG + SR (highdicom)"] = time.perf_counter() - t
         t = time.perf_counter()
-        exported = _write(root / "out", report, source)
+        exported = save_report(root / "out", report, source)
         times["write files"] = time.perf_counter() - t
         sizes = {p.name: p.stat().st_size for p in (exported.seg, exported.sr) if p is not None}
     print(f"{'x'.join(map(str, args.shape))} CT series, {len(findings)} nodes "

@@ -39,3 +39,23 @@ def read_nodes(sr: Dataset, seg: Dataset | None, sources: Sequence[Dataset], geo
             node["mask"] = pixels[..., 0].transpose(2, 1, 0).astype(bool)  # (k, row, col) -> (i, j, k)
         nodes.append(node)
     return nodes
+
+
+def delineation_mask(measurement, geometry: ImageGeometry) -> np.ndarray:
+    """A :class:`lnnode.measure.delineation.NodeMeasurement`'s node (occupancy >= 0.5 of its block) placed on the
+    image grid by the block's world position: what its SEG segment must hold."""
+    start = np.round(geometry.world_to_index(measurement.geometry.origin)).astype(int)
+    mask = np.zeros(geometry.shape, bool)
+    window = tuple(slice(s, s + n) for s, n in zip(start, measurement.occupancy.shape, strict=True))
+    mask[window] = measurement.occupancy >= 0.5
+    return mask
+
+
+def predecessors(sr: Dataset) -> list[str]:
+    """The SOP Instance UIDs an SR names as the documents it supersedes."""
+    return [
+        ref.ReferencedSOPInstanceUID
+        for study in sr.get("PredecessorDocumentsSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]

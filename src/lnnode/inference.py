@@ -118,7 +118,8 @@ def _export(result: dict[str, Any], image: Path, out: Path, pipeline, params: di
     from lnnode.dicom import export_result
 
     modality = pipeline.detection.checkpoint().meta["preprocessing"].get("modality", "ct").upper()
-    export_result(result, image, out, modality=modality, p_thresh=float(params.get("p_thresh") or 0.5))
+    p_thresh = params.get("p_thresh")
+    export_result(result, image, out, modality=modality, p_thresh=0.5 if p_thresh is None else float(p_thresh))
 
 
 def infer_files(
@@ -158,8 +159,9 @@ def infer_files(
         if dicom:
             try:
                 _export(result, path, out / f"{case}{RESULTS_SUFFIX}", pipeline, params)
-            except (ImageError, ValueError) as e:
-                report.failed[case] = f"result written, DICOM SEG + SR not: {e}"
+            except Exception as e:  # noqa: BLE001 - the result is written; the other cases go on
+                reason = str(e) if isinstance(e, (ImageError, ValueError)) else f"{type(e).__name__}: {e}"
+                report.failed[case] = f"result written, DICOM SEG + SR not: {reason}"
                 continue
         report.written[case] = len(result["nodes"])
         report.seconds[case] = round(time.perf_counter() - start, 2)

@@ -9,6 +9,7 @@ import json
 import time
 
 import numpy as np
+import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from monailabel.client import MONAILabelClient
@@ -19,11 +20,11 @@ from lnnode.io.checkpoint import load_checkpoint
 from lnnode.io.image import read_image
 from lnnode.measure.delineation import measure_node
 
-from ..dicom_reading import read_nodes
+from ..dicom_reading import delineation_mask, predecessors, read_nodes
 
 pytestmark = [pytest.mark.server, pytest.mark.filterwarnings("ignore::UserWarning")]
 
-SR_MEANING, SEG_MODALITY = "SR", "SEG"
+SR_MODALITY, SEG_MODALITY = "SR", "SEG"
 
 
 def _series_of(orthanc, study: str, modality: str) -> list[dict]:
@@ -79,7 +80,7 @@ def test_a_final_review_reads_back_from_the_pacs_as_the_review_and_its_delineati
     assert record["status"] == "stored", record
     study = record["study"]
     (seg_series,) = _series_of(orthanc, study, SEG_MODALITY)
-    (sr_series,) = _series_of(orthanc, study, SR_MEANING)
+    (sr_series,) = _series_of(orthanc, study, SR_MODALITY)
     assert seg_series["0020000E"]["Value"][0] == record["seg_series"]
     seg = _fetch(orthanc, study, record["seg_series"])
     sr = _fetch(orthanc, study, record["sr_series"])
@@ -96,10 +97,7 @@ def test_a_final_review_reads_back_from_the_pacs_as_the_review_and_its_delineati
             assert "Short axis" not in node
         else:
             assert node["Short axis"] == pytest.approx(round(m.short_axis_mm, 1))
-            start = np.round(geometry.world_to_index(m.geometry.origin)).astype(int)
-            expected = np.zeros(geometry.shape, bool)
-            window = tuple(slice(s, s + n) for s, n in zip(start, m.occupancy.shape, strict=True))
-            expected[window] = m.occupancy >= 0.5
+            expected = delineation_mask(m, geometry)
             assert np.array_equal(node["mask"], expected), f"segment {node['segment']} = the delineation"
         p = model.get(given.get("from_node"), {}).get("p_metastasis")
         assert node.get("Probability of cancer") == (pytest.approx(p, abs=1e-4) if p is not None else None)
@@ -109,7 +107,7 @@ def test_the_models_own_result_is_never_stored_on_the_pacs(orthanc, server, pacs
     status, _ = server.request("POST", f"/infer/lymph_node_pipeline?image={pacs['mr']}&output=json")
     assert status == 200
     mr_study = orthanc.get(f"/dicom-web/series?SeriesInstanceUID={pacs['mr']}")[0]["0020000D"]["Value"][0]
-    assert _series_of(orthanc, mr_study, SEG_MODALITY) == [] and _series_of(orthanc, mr_study, SR_MEANING) == []
+    assert _series_of(orthanc, mr_study, SEG_MODALITY) == [] and _series_of(orthanc, mr_study, SR_MODALITY) == []
 
 
 def test_training_reads_the_review_made_on_the_pacs_series(server, reviewed):
@@ -140,14 +138,14 @@ def test_a_resubmission_supersedes_the_seg_and_sr_on_the_pacs(orthanc, server, p
     status, info = server.request("GET", f"/datastore/label/info?label={pacs['ct']}&tag=final")
     assert info["pacs"]["sr_series"] == second["sr_series"], "the label says which report is current"
     sr = _fetch(orthanc, second["study"], second["sr_series"])
-    predecessors = [ref.ReferencedSOPInstanceUID for study in sr.PredecessorDocumentsSequence
-                    for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence]  # fmt: skip
-    assert predecessors == [first["sr_instance"]]
+    assert predecessors(sr) == [first["sr_instance"]]
     assert len(read_nodes(sr, _fetch(orthanc, second["study"], second["seg_series"]), read_series(pacs["folder"]),
                           reviewed["geometry"])) == 1  # fmt: skip
 
 
 def test_a_pacs_down_at_submission_answers_502_keeps_the_label_and_stores_it_when_back(orthanc, server, pacs, reviewed):
+    status, info = server.request("GET", f"/datastore/label/info?label={pacs['ct']}&tag=final")
+    before = info["pacs"]  # the resubmission's report, current on the PACS
     label = {**reviewed["label"], "nodes": reviewed["label"]["nodes"][:2], "reviewer": "Reader^Two"}
     path = reviewed["tmp"] / "while_down.json"
     path.write_text(dumps(label))
@@ -156,18 +154,23 @@ def test_a_pacs_down_at_submission_answers_502_keeps_the_label_and_stores_it_whe
         body, headers = _form(path)
         status, answer = server.request("PUT", f"/datastore/label?image={pacs['ct']}&tag=final", body, headers)
         assert status == 502 and orthanc.url.split("//")[1] in answer["detail"], answer
-        assert "saved in lnnode" in answer["detail"]
+        assert "saved in lnnode" in answer["detail"] and "next refresh" in answer["detail"]
         stored = json.loads((server.cache / "labels" / "final" / f"{pacs['ct']}.json").read_text())
         assert stored["reviewer"] == "Reader^Two", "the label is saved though the PACS is down"
         status, info = server.request("GET", f"/datastore/label/info?label={pacs['ct']}&tag=final")
-        assert info["pacs"]["status"] == "pending"
+        assert info["pacs"]["status"] == "pending" and info["pacs"]["sr_series"] == before["sr_series"]
+        (built,) = (server.cache / "labels" / "final" / f"{pacs['ct']}.dicom").glob(".pending-*/sr.dcm")
+        built_uid = pydicom.dcmread(built).SOPInstanceUID
     finally:
         orthanc.start()
-    status, _ = server.request("GET", "/datastore/?output=all")  # a listing refreshes: the write-back is retried
+    server.request("GET", "/datastore/?output=all")  # a listing refreshes: the write-back is tried again
     status, info = server.request("GET", f"/datastore/label/info?label={pacs['ct']}&tag=final")
-    assert info["pacs"]["status"] == "stored", info["pacs"]
-    sr = _fetch(orthanc, info["pacs"]["study"], info["pacs"]["sr_series"])
-    assert len(sr.ContentSequence) and str(sr.SeriesInstanceUID) == info["pacs"]["sr_series"]
+    after = info["pacs"]
+    assert after["status"] == "stored" and after["sr_instance"] == built_uid, "the instances built while down are sent"
+    assert after["superseded"][-1]["sr_series"] == before["sr_series"]
+    sr = _fetch(orthanc, after["study"], after["sr_series"])
+    assert predecessors(sr) == [before["sr_instance"]], "the report the PACS held before is superseded"
+    assert len(_series_of(orthanc, after["study"], SR_MODALITY)) == 3, "one SR per stored version, none twice"
 
 
 def _form(path):

@@ -14,7 +14,7 @@ from lnnode.io.image import read_image
 from lnnode.measure.delineation import measure_node
 from lnnode.phantoms import synthesize
 
-from ..dicom_reading import read_nodes
+from ..dicom_reading import delineation_mask, predecessors, read_nodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -67,11 +67,8 @@ def test_a_review_reads_back_from_seg_and_sr_as_the_label_and_its_delineations(c
         assert node["uid"] == node["segment_uid"] and node["id"] == node["segment_id"]
         assert node["seg_uid"] == seg.SOPInstanceUID
         assert node["source_series"] == read_series(case["series"])[0].SeriesInstanceUID
-        # the segment is the delineation: the occupancy >= 0.5 of the block, placed by its world position
-        start = np.round(geometry.world_to_index(m.geometry.origin)).astype(int)
-        expected = np.zeros(geometry.shape, bool)
-        expected[tuple(slice(s, s + n) for s, n in zip(start, m.occupancy.shape, strict=True))] = m.occupancy >= 0.5
-        assert node["mask"].sum() > 0 and np.array_equal(node["mask"], expected)
+        expected = delineation_mask(m, geometry)
+        assert node["mask"].sum() > 0 and np.array_equal(node["mask"], expected), "the segment is the delineation"
     probabilities = [n.get("Probability of cancer") for n in nodes]
     assert probabilities[:2] == [pytest.approx(0.2), pytest.approx(0.7)] and set(probabilities[2:]) == {None}
 
@@ -102,13 +99,7 @@ def test_a_nifti_case_gets_a_series_written_once_and_a_resubmission_supersedes_t
     sr = pydicom.dcmread(second.sr)
     assert sr.SOPInstanceUID != first_sr.SOPInstanceUID and sr.SeriesInstanceUID != first_sr.SeriesInstanceUID
     assert sr.StudyInstanceUID == first_sr.StudyInstanceUID  # the written series was reused
-    predecessors = [
-        ref.ReferencedSOPInstanceUID
-        for study in sr.PredecessorDocumentsSequence
-        for series in study.ReferencedSeriesSequence
-        for ref in series.ReferencedSOPSequence
-    ]
-    assert predecessors == [first_sr.SOPInstanceUID]
+    assert predecessors(sr) == [first_sr.SOPInstanceUID]
     nodes, *_ = _read(second, out / "image")
     assert len(nodes) == 2
 
@@ -139,3 +130,35 @@ def test_a_model_result_is_reported_as_the_models_call_not_as_a_final_review(cas
     nodes, *_ = _read(exported, case["series"])
     assert [n["Model suspicion of metastasis"] for n in nodes] == ["Not suspicious", "Suspicious"]
     assert all("Node class (reviewed)" not in n for n in nodes)
+
+
+def test_a_left_handed_volume_is_written_once_and_its_report_superseded(case, tmp_path):
+    from lnnode.geometry import ImageGeometry
+    from lnnode.io.image import write_image
+
+    volume, geometry = read_image(case["image"])
+    flipped = ImageGeometry(geometry.shape, geometry.spacing, geometry.origin, np.diag([1.0, 1.0, -1.0]).ravel())
+    write_image(volume, flipped, tmp_path / "left.nii.gz")  # det -1: read back from DICOM with k reversed
+    centre = flipped.index_to_world(np.array(flipped.shape) / 2).tolist()
+    label = make_label("left", [{"center": centre, "size": [8.0, 8.0, 9.0], "class": "benign"}])
+    sr1 = pydicom.dcmread(export_label(label, None, tmp_path / "left.nii.gz", tmp_path / "out").sr)
+    second = export_label(label, None, tmp_path / "left.nii.gz", tmp_path / "out")
+    sr2 = pydicom.dcmread(second.sr)
+    assert sr2.StudyInstanceUID == sr1.StudyInstanceUID and predecessors(sr2) == [sr1.SOPInstanceUID]
+    (node,) = _read(second, tmp_path / "out" / "image")[0]
+    assert node["mask"].sum() > 0
+
+
+def test_a_series_lacking_optional_attributes_and_a_result_with_other_rules_still_export(case, tmp_path):
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    for path in sorted(case["series"].glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        for keyword in ("StudyID", "PatientSex", "AccessionNumber", "SliceThickness", "PatientBirthDate"):
+            delattr(ds, keyword) if keyword in ds else None
+        ds.save_as(sparse / path.name)
+    _, original = _review(case["truth"])
+    original["nodes"][0]["rules"] = {"size_10mm": "suspicious", "node_rads": "4"}  # a rule lnnode does not report
+    exported = export_result(original, sparse, tmp_path / "out")
+    nodes, *_ = _read(exported, sparse)
+    assert nodes[0]["Size rule (short axis >= 10 mm)"] == "Suspicious" and len(nodes) == len(original["nodes"])

@@ -20,8 +20,7 @@ from pydicom.dataset import Dataset
 
 from lnnode.contracts import ContractError, parse_label, parse_result
 from lnnode.contracts.ids import InvalidName, check_name
-from lnnode.geometry import ImageGeometry
-from lnnode.io.atomic import atomic_write
+from lnnode.geometry import ImageGeometry, box_corners
 from lnnode.io.image import IMAGE_SUFFIXES, ImageError, read_image
 
 from .findings import findings_from_label, findings_from_result
@@ -36,6 +35,7 @@ __all__ = [
     "export_result",
     "export_studies",
     "guess_modality",
+    "save_report",
     "SEG_FILE",
     "SR_FILE",
     "RESULTS_SUFFIX",
@@ -70,7 +70,13 @@ class Exported:
 
 
 def _same_grid(a: ImageGeometry, b: ImageGeometry) -> bool:
-    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
+    """The same voxel centres, whatever the order of the k axis (a left-handed NIfTI grid reads back from DICOM
+    with k reversed)."""
+    if a.shape != b.shape:
+        return False
+    corners = box_corners(np.zeros(3), np.array(a.shape, dtype=float) - 1)
+    ca, cb = (np.round(g.index_to_world(corners), 2) for g in (a, b))
+    return np.array_equal(np.unique(ca, axis=0), np.unique(cb, axis=0))
 
 
 def source_series(image: str | os.PathLike, out: str | os.PathLike, dicom: str | os.PathLike | None = None,
@@ -81,14 +87,18 @@ def source_series(image: str | os.PathLike, out: str | os.PathLike, dicom: str |
     folder = Path(dicom) if dicom is not None else Path(image)
     if folder.is_dir():
         volume, geometry = read_image(folder)
-        return SourceSeries(read_series(folder), volume, geometry, folder, written=False)
+        datasets = read_series(folder)
+        for ds in datasets:
+            if "SliceThickness" not in ds:  # the SEG's pixel measures copy it
+                ds.SliceThickness = f"{geometry.spacing[2]:.6g}"
+        return SourceSeries(datasets, volume, geometry, folder, written=False)
     volume, geometry = read_image(image)
     written = Path(out) / IMAGE_DIR
     if written.is_dir():
         try:
             _, existing = read_image(written)
             if _same_grid(existing, geometry):
-                return SourceSeries(read_series(written), volume, existing, written, written=True)
+                return SourceSeries(read_series(written), volume, geometry, written, written=True)
         except ImageError:
             pass  # not a usable series: written again below
     modality = modality or guess_modality(volume)
@@ -101,25 +111,39 @@ def guess_modality(volume: np.ndarray) -> str:
     return "CT" if float(np.min(volume)) < -500.0 else "MR"
 
 
+def _reported_series(sr: Dataset) -> set[str]:
+    evidence = [*sr.get("CurrentRequestedProcedureEvidenceSequence", []), *sr.get("PertinentOtherEvidenceSequence", [])]
+    return {str(series.SeriesInstanceUID) for study in evidence for series in study.get("ReferencedSeriesSequence", [])}
+
+
 def _previous(folder: Path, source: SourceSeries) -> list[Dataset]:
-    """The SR this export supersedes: the folder's, when it reports on the same series."""
+    """The SR this export supersedes: the folder's, when it reports on the same source series."""
     path = folder / SR_FILE
     if not path.is_file():
         return []
-    old = pydicom.dcmread(path)
-    same = old.get("StudyInstanceUID") == source.datasets[0].StudyInstanceUID
-    return [old] if same else []
+    try:
+        old = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError):
+        return []  # unreadable: nothing to name as predecessor (it is replaced)
+    return [old] if str(source.datasets[0].SeriesInstanceUID) in _reported_series(old) else []
 
 
-def _write(folder: Path, report: Report, source: SourceSeries) -> Exported:
+def save_report(folder: str | os.PathLike, report: Report, source: SourceSeries) -> Exported:
+    """Write ``seg.dcm`` and ``sr.dcm`` into ``folder``: both serialised before either replaces the old one."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for name, ds in ((SEG_FILE, report.seg), (SR_FILE, report.sr)):
+        if ds is not None:
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            ds.save_as(tmp, write_like_original=False)
+            staged.append((tmp, folder / name))
+    for tmp, target in staged:
+        os.replace(tmp, target)
     seg_path = folder / SEG_FILE
-    if report.seg is not None:
-        atomic_write(seg_path, lambda tmp: report.seg.save_as(tmp, write_like_original=False))
-    elif seg_path.exists():
+    if report.seg is None and seg_path.exists():
         os.remove(seg_path)  # the new report has no nodes: no segments that are not current
-    sr_path = atomic_write(folder / SR_FILE, lambda tmp: report.sr.save_as(tmp, write_like_original=False))
-    return Exported(folder, seg_path if report.seg is not None else None, sr_path, report, source)
+    return Exported(folder, seg_path if report.seg is not None else None, folder / SR_FILE, report, source)
 
 
 def export_label(label: dict[str, Any], original: dict[str, Any] | None, image: str | os.PathLike,
@@ -132,7 +156,7 @@ def export_label(label: dict[str, Any], original: dict[str, Any] | None, image: 
     findings = findings_from_label(label, original, source.volume, source.geometry, source.modality)
     report = make_report(source.datasets, source.geometry, findings, reviewed=True, reviewer=label.get("reviewer"),
                          version=version, previous=_previous(folder, source))  # fmt: skip
-    return _write(folder, report, source)
+    return save_report(folder, report, source)
 
 
 def export_result(result: dict[str, Any], image: str | os.PathLike, out: str | os.PathLike,
@@ -145,7 +169,7 @@ def export_result(result: dict[str, Any], image: str | os.PathLike, out: str | o
     version = str((result.get("model") or {}).get("detector") or "lnnode")
     report = make_report(source.datasets, source.geometry, findings, reviewed=False, version=version,
                          previous=_previous(folder, source))  # fmt: skip
-    return _write(folder, report, source)
+    return save_report(folder, report, source)
 
 
 def _studies_image(studies: Path, image_id: str) -> Path:
@@ -192,4 +216,6 @@ def export_studies(studies: str | os.PathLike, image_ids: Sequence[str] = (), ta
             done[image_id] = export_label(label, original, image, folder, dicom, modality)
         except (InvalidName, ContractError, ImageError, FileNotFoundError, ValueError) as e:
             done[image_id] = str(e)
+        except Exception as e:  # noqa: BLE001 - one case that cannot be exported does not stop the others
+            done[image_id] = f"{type(e).__name__}: {e}"
     return done

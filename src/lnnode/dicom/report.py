@@ -23,6 +23,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from lnnode.geometry import ImageGeometry
 
@@ -54,11 +55,14 @@ CODES = {
 }
 
 
+_RULES = ("size_10mm", "morphology")
+
+
 @dataclass
 class Report:
     """The SEG and SR datasets and the tracking UID of each finding (by its id)."""
 
-    seg: hd.seg.Segmentation
+    seg: hd.seg.Segmentation | None  # None: no nodes
     sr: hd.sr.Comprehensive3DSR
     tracking_uids: dict[str, str]
 
@@ -88,6 +92,7 @@ def make_seg(
     version: str,
     series_number: int,
     description: str,
+    creator: str | None = None,
 ) -> hd.seg.Segmentation:
     """The SEG of ``findings`` on the source series (single-frame images on ``geometry``'s grid)."""
     # the frames of the slices a node is on, and only those: a whole series would be one (k, rows, cols, segments)
@@ -129,6 +134,7 @@ def make_seg(
         device_serial_number="0",
         series_description=description,
         content_label="LYMPHNODES",
+        content_creator_name=person_name(creator) if creator else None,
         content_description=description[:64],
     )
     _set_spacing_between_slices(seg, geometry)
@@ -143,7 +149,11 @@ def _group(f: Finding, number: int, uid: str, seg: Dataset, series_uid: str):
     ]
     if f.p_metastasis is not None:
         measurements.append(hd.sr.Measurement(codes.DCM.ProbabilityOfCancer, round(f.p_metastasis, 4), _UNITLESS))
-    evaluations = [hd.sr.QualitativeEvaluation(CODES[rule], CODES[value]) for rule, value in sorted(f.rules.items())]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(CODES[rule], CODES[value])
+        for rule, value in sorted(f.rules.items())
+        if rule in _RULES and value in CODES  # the rules lnnode reports; a result may carry others
+    ]
     if f.node_class is not None:
         evaluations.insert(0, hd.sr.QualitativeEvaluation(CODES["class"], CODES[f.node_class]))
     elif f.suspicious is not None:
@@ -167,7 +177,10 @@ def _observation_context(reviewer: str | None, version: str) -> hd.sr.Observatio
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="lnnode", manufacturer_name=_MANUFACTURER, model_name=version
+            uid=generate_uid(entropy_srcs=["lnnode", version]),  # the same device in every report of a version
+            name="lnnode",
+            manufacturer_name=_MANUFACTURER,
+            model_name=version,
         ),
     )
     person = None
@@ -201,7 +214,8 @@ def make_report(
     kind = "reviewed" if reviewed else "model result"
     seg = None
     if findings:
-        seg = make_seg(sources, geometry, findings, uids, reviewed, version, series_number, f"lnnode nodes, {kind}")
+        seg = make_seg(sources, geometry, findings, uids, reviewed, version, series_number, f"lnnode nodes, {kind}",
+                       creator=reviewer)  # fmt: skip
     series_uid = sources[0].SeriesInstanceUID
     numbered = enumerate(zip(findings, uids, strict=True), start=1)
     groups = [_group(f, n, uid, seg, series_uid) for n, (f, uid) in numbered]

@@ -8,6 +8,8 @@ exactly the volume's (position, orientation, pixel spacing, spacing between slic
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from lnnode.geometry import ImageGeometry
-from lnnode.io.atomic import atomic_write
 from lnnode.io.image import ImageError
 
 __all__ = ["person_name", "read_series", "slice_index", "write_series"]
@@ -42,7 +43,14 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None) -> lis
         missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
         if missing:
             raise ImageError(folder, f"slices without {', '.join(missing)}: a SEG or SR cannot reference them")
+        for keyword in _TYPE2:  # the SEG and SR copy these; a series may lack them (they may be empty, not absent)
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     return datasets
+
+
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+          "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
 
 
 def slice_index(ds: Dataset, geometry: ImageGeometry) -> int:
@@ -90,13 +98,17 @@ def write_series(
         raise ValueError(f"modality must be CT or MR, got {modality!r}")
     pixels, slope, intercept = _stored(np.asarray(volume, dtype=np.float64))
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     shared = _shared(geometry, modality, patient_id, description)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # the series appears whole, or not
     datasets = []
     for k in range(geometry.shape[2]):
         ds = _slice(shared, geometry, k, pixels[:, :, k].T, slope, intercept)
-        atomic_write(out / f"{k + 1:04d}.dcm", lambda tmp, ds=ds: ds.save_as(tmp, write_like_original=False))
+        ds.save_as(staging / f"{k + 1:04d}.dcm", write_like_original=False)
         datasets.append(ds)
+    if out.exists():
+        shutil.rmtree(out)  # an earlier series of another grid: none of its files may stay beside the new ones
+    os.replace(staging, out)
     return datasets
 
 
@@ -145,4 +157,3 @@ def _slice(shared: Dataset, geometry: ImageGeometry, k: int, frame: np.ndarray, 
     ds.file_meta = meta
     ds.is_little_endian, ds.is_implicit_VR = True, False
     return ds
-

@@ -24,25 +24,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
-import pydicom
 import requests
 import SimpleITK as sitk
 from dicomweb_client.api import DICOMwebClient
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-import lnnode
-from lnnode.contracts import parse_label
 from lnnode.contracts.ids import InvalidName, check_name
-from lnnode.dicom.export import RESULTS_SUFFIX, SEG_FILE, SR_FILE, export_label
 from lnnode.io.atomic import TEMP_DIR_NAME
 from lnnode.io.image import ImageError, read_sitk
 
-from ..server.errors import RequestError
+from ..server.errors import PacsError, RequestError
 from .local import LnnodeDatastore
+from .writeback import WriteBack
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +49,6 @@ _AS_STORED = (("application/dicom", "*"),)
 _INFO_FIELDS = {"00100020": "PatientID", "00080020": "StudyDate", "0008103E": "SeriesDescription"}
 SOURCE_DIR = ".dicom"  # <cache>/.dicom/<series uid>/: the series as fetched, which a SEG and an SR reference
 FINAL = DefaultLabelTag.FINAL.value
-
-
-class PacsError(RequestError):
-    """The PACS did not answer as it should: 502 (unreachable, an error) or 504 (too slow)."""
 
 
 class _TimeoutSession(requests.Session):
@@ -100,6 +92,7 @@ class DicomwebDatastore(LnnodeDatastore):
         self.timeout_s = timeout_s
         self._synced_at = 0.0
         self._sync_lock = threading.Lock()
+        self._writeback = WriteBack(self)
         os.makedirs(cache, exist_ok=True)
         super().__init__(cache, auto_reload=False)
         self.sync(required=False)
@@ -109,7 +102,7 @@ class DicomwebDatastore(LnnodeDatastore):
 
     # -- the PACS -----------------------------------------------------------------------------------
     @contextmanager
-    def _pacs(self, what: str) -> Iterator[None]:
+    def pacs(self, what: str) -> Iterator[None]:
         """Turn the PACS's failures into a 502/504 naming it and what was asked."""
         try:
             yield
@@ -121,14 +114,17 @@ class DicomwebDatastore(LnnodeDatastore):
             reason = str(e).split("Caused by")[-1].strip(" ()'\"")[:160]
             raise PacsError(f"the PACS at {self.url} cannot be reached ({what}): {reason}", status_code=502) from None
         except requests.exceptions.HTTPError as e:
-            status = getattr(e.response, "status_code", "?")
-            raise PacsError(f"the PACS at {self.url} answered {status} ({what})", status_code=502) from None
+            status = getattr(e.response, "status_code", None)
+            transient = status is None or status >= 500
+            raise PacsError(f"the PACS at {self.url} answered {status} ({what})", 502, transient) from None
+        except requests.exceptions.RequestException as e:  # a broken answer (truncated, bad encoding...)
+            raise PacsError(f"the PACS at {self.url} failed ({what}): {type(e).__name__}", 502) from None
 
     def remote_series(self) -> dict[str, dict[str, Any]]:
         """SeriesInstanceUID -> its QIDO attributes, for every series the search matches."""
         found: dict[str, dict[str, Any]] = {}
         for modality in self.modalities:
-            with self._pacs(f"searching {modality} series"):
+            with self.pacs(f"searching {modality} series"):
                 datasets = self.client.search_for_series(search_filters={**self.search, "Modality": modality})
             for ds in datasets:
                 uid = _value(ds, _SERIES_UID)
@@ -142,45 +138,41 @@ class DicomwebDatastore(LnnodeDatastore):
         info.update({name: _value(ds, tag) for tag, name in _INFO_FIELDS.items() if _value(ds, tag)})
         return info
 
+    def scratch(self) -> str:
+        """A folder for work in progress inside the cache (never scanned as images or labels)."""
+        scratch = os.path.join(self._datastore_path, TEMP_DIR_NAME)
+        os.makedirs(scratch, exist_ok=True)
+        return scratch
+
     def _retrieve(self, uid: str, study_uid: str | None, folder: str) -> None:
-        with self._pacs(f"fetching series {uid}"):
+        with self.pacs(f"fetching series {uid}"):
             # as stored (transfer syntax "*"): no transcoding on the PACS, where Orthanc's GDCM plugin has
             # crashed decoding JPEG 2000 for a WADO-RS request; SimpleITK decodes it here
             instances = self.client.retrieve_series(study_uid, uid, media_types=_AS_STORED)
         for instance in instances:
             Dataset.save_as(instance, os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
 
-    def _scratch(self) -> str:
-        scratch = os.path.join(self._datastore_path, TEMP_DIR_NAME)  # not scanned as images
-        os.makedirs(scratch, exist_ok=True)
-        return scratch
-
-    def _keep_source(self, uid: str, folder: str) -> None:
-        dest = os.path.join(self._datastore_path, SOURCE_DIR, uid)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(folder, dest)
-
-    def _fetch(self, uid: str, ds: dict[str, Any]) -> None:
-        """Fetch one series (WADO-RS), read it as a volume and add it to the cache; keep its instances."""
-        with tempfile.TemporaryDirectory(prefix="series-", dir=self._scratch()) as tmp:
+    def _fetch(self, uid: str, study_uid: str | None, info: dict[str, Any] | None) -> None:
+        """Fetch one series (WADO-RS) and keep its instances; with ``info``, also add it to the cache as a volume
+        (without: a series cached before the instances were kept)."""
+        with tempfile.TemporaryDirectory(prefix="series-", dir=self.scratch()) as tmp:
             folder = os.path.join(tmp, "dicom")
             os.makedirs(folder)
-            self._retrieve(uid, _value(ds, _STUDY_UID), folder)
-            volume = os.path.join(tmp, f"{uid}.nii.gz")
-            sitk.WriteImage(read_sitk(folder), volume, useCompression=True)  # its own voxel type and geometry
-            self.add_image(uid, volume, self._info(ds))
-            self._keep_source(uid, folder)
+            self._retrieve(uid, study_uid, folder)
+            if info is not None:
+                volume = os.path.join(tmp, f"{uid}.nii.gz")
+                sitk.WriteImage(read_sitk(folder), volume, useCompression=True)  # its own voxel type and geometry
+                self.add_image(uid, volume, info)
+            dest = os.path.join(self._datastore_path, SOURCE_DIR, uid)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(folder, dest)
 
-    def source_series(self, uid: str) -> str:
-        """The folder of the series' DICOM instances (fetched again for a series cached without them)."""
+    def source_folder(self, uid: str) -> str:
+        """The folder of the series' DICOM instances, which the SEG and SR reference."""
         folder = os.path.join(self._datastore_path, SOURCE_DIR, check_name(uid, "series id"))
         if not os.path.isdir(folder):
-            with tempfile.TemporaryDirectory(prefix="series-", dir=self._scratch()) as tmp:
-                fetched = os.path.join(tmp, "dicom")
-                os.makedirs(fetched)
-                self._retrieve(uid, self.get_image_info(uid).get("StudyInstanceUID"), fetched)
-                self._keep_source(uid, fetched)
+            self._fetch(uid, self.get_image_info(uid).get("StudyInstanceUID"), None)
         return folder
 
     def sync(self, required: bool = True) -> list[str]:
@@ -201,7 +193,7 @@ class DicomwebDatastore(LnnodeDatastore):
                     continue
                 try:
                     check_name(uid, "series id")
-                    self._fetch(uid, ds)
+                    self._fetch(uid, _value(ds, _STUDY_UID), self._info(ds))
                     fetched.append(uid)
                 except PacsError as e:  # the PACS went away: the rest waits for the next refresh
                     logger.warning(f"{e.detail}; {len(fetched)} new series cached before")
@@ -212,7 +204,7 @@ class DicomwebDatastore(LnnodeDatastore):
             self._synced_at = time.monotonic()
             if fetched:
                 logger.info(f"cached {len(fetched)} new series from {self.url}")
-        self._retry_pending()
+        self._writeback.retry_pending()
         return fetched
 
     def _refresh(self) -> None:
@@ -241,98 +233,21 @@ class DicomwebDatastore(LnnodeDatastore):
             raise RequestError(f"images come from the PACS at {self.url}: store the series there", status_code=405)
         return super().add_image(image_id, image_filename, image_info)
 
-
-    # -- results back to the PACS -------------------------------------------------------------------
+    # -- results back to the PACS (lib/datastore/writeback.py) -----------------------------------------
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """As the folder's, and a new ``final`` version carries the record of what is on the PACS (the
-        write-back that follows supersedes it)."""
-        obj = self._datastore.objects.get(image_id)
-        final = obj.labels.get(FINAL) if obj is not None and (label_tag or FINAL) == FINAL else None
-        if final is not None and final.info.get("pacs") and (label_info is None or isinstance(label_info, dict)):
-            label_info = {**(label_info or {}), "pacs": final.info["pacs"]}
+        """As the folder's; a new ``final`` version is pending for the PACS until :meth:`write_back` has stored it
+        (a server killed in between tries again at the next refresh), and keeps the record of what is there."""
+        if (label_tag or FINAL) == FINAL and (label_info is None or isinstance(label_info, dict)):
+            obj = self._datastore.objects.get(image_id)
+            final = obj.labels.get(FINAL) if obj is not None else None
+            previous = final.info.get("pacs") if final is not None else None
+            label_info = {**(label_info or {}), "pacs": WriteBack.pending_record(previous)}
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def write_back(self, image_id: str) -> dict[str, Any]:
-        """Store the SEG + SR of the case's ``final`` label on the PACS; the label info's ``pacs`` record.
-
-        A PACS that fails: the record says ``pending`` (tried again at the next refresh) and PacsError is
-        raised; the label stays saved. The SEG and SR are built in a scratch folder and kept (as the current
-        ones, which the next version supersedes) only once the PACS has stored them."""
-        info = self.get_label_info(image_id, FINAL)
-        record = dict(info.get("pacs") or {})
-        if not str(info.get("name", "")).endswith(".json"):
-            return {"status": "not_stored", "error": "only lnnode JSON labels are written back, not masks"}
-        try:
-            stored = self._store_results(image_id, record)
-        except PacsError as e:
-            record.update(status="pending", error=e.detail)
-            self.update_label_info(image_id, FINAL, {"pacs": record})
-            raise PacsError(
-                f"the label of {image_id} is saved in lnnode, but its SEG and SR are not on the PACS yet: {e.detail}"
-                " (tried again at the next refresh)",
-                status_code=e.status_code,
-            ) from None
-        except (ImageError, ValueError, OSError) as e:  # the SEG or SR could not be made: said, never half-stored
-            logger.exception(f"SEG and SR of {image_id} not made")
-            record.update(status="failed", error=f"{type(e).__name__}: {e}")
-            self.update_label_info(image_id, FINAL, {"pacs": record})
-            return record
-        superseded = list(record.get("superseded", []))
-        if record.get("status") == "stored":
-            superseded.append({k: record[k] for k in ("seg_series", "sr_series", "stored_at") if k in record})
-        stored["superseded"] = superseded
-        self.update_label_info(image_id, FINAL, {"pacs": stored})
-        return stored
-
-    def _store_results(self, image_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        with open(self.get_label_uri(image_id, FINAL), "rb") as f:
-            label = parse_label(f.read())
-        source = self.source_series(image_id)
-        # labels/final/<series uid>.dicom/: the SEG + SR last stored on the PACS (the next one's predecessor)
-        results = os.path.join(self._datastore.label_path(FINAL), f"{image_id}{RESULTS_SUFFIX}")
-        began = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="results-", dir=self._scratch()) as tmp:
-            if os.path.isfile(os.path.join(results, SR_FILE)) and record.get("status") == "stored":
-                shutil.copyfile(os.path.join(results, SR_FILE), os.path.join(tmp, SR_FILE))  # its predecessor
-            exported = export_label(label, self.original_result(image_id), source, tmp, dicom=source,
-                                    version=f"lnnode {lnnode.__version__}")  # fmt: skip
-            datasets = [pydicom.dcmread(p) for p in (exported.seg, exported.sr) if p is not None]
-            with self._pacs("storing the SEG and SR"):
-                answer = self.client.store_instances(datasets)
-            failed = answer.get("FailedSOPSequence") if answer is not None else None
-            if failed:
-                reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
-                raise PacsError(f"the PACS at {self.url} refused {len(failed)} instance(s) (reasons {reasons})", 502)
-            os.makedirs(results, exist_ok=True)
-            for name in (SEG_FILE, SR_FILE):
-                if os.path.exists(os.path.join(tmp, name)):
-                    os.replace(os.path.join(tmp, name), os.path.join(results, name))
-                elif os.path.exists(os.path.join(results, name)):
-                    os.remove(os.path.join(results, name))  # a review without nodes: no current SEG
-        seg, sr = exported.report.seg, exported.report.sr
-        return {
-            "status": "stored",
-            "study": str(sr.StudyInstanceUID),
-            "seg_series": str(seg.SeriesInstanceUID) if seg is not None else None,
-            "sr_series": str(sr.SeriesInstanceUID),
-            "sr_instance": str(sr.SOPInstanceUID),
-            "nodes": exported.report.tracking_uids,
-            "stored_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - began, 2),
-        }
-
-    def _retry_pending(self) -> None:
-        """Write back the final labels whose SEG and SR the PACS has not stored yet (it was down)."""
-        for image_id, obj in list(self._datastore.objects.items()):
-            label = obj.labels.get(FINAL)
-            if label is None or (label.info.get("pacs") or {}).get("status") != "pending":
-                continue
-            try:
-                self.write_back(image_id)
-                logger.info(f"stored the SEG and SR of {image_id} on {self.url} (they were pending)")
-            except PacsError as e:
-                logger.warning(e.detail)
-                return  # the PACS is still away: the others wait for the next refresh
+        """Store the SEG + SR of the case's ``final`` label on the PACS; the label info's ``pacs`` record. A PACS
+        that is away or refuses: PacsError (502/504), the label staying saved."""
+        return self._writeback.run(image_id)
 
 
 def dicomweb_datastore(url: str, options: Any) -> DicomwebDatastore:

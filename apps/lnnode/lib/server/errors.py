@@ -38,3 +38,12 @@ class ModelNotReady(RequestError):
 
     def __init__(self, detail: str):
         super().__init__(detail, status_code=503)
+
+
+class PacsError(RequestError):
+    """The PACS did not answer as it should: 502 (unreachable, an error) or 504 (too slow). ``transient``: worth
+    asking again later (away, slow, a 5xx), not a refusal."""
+
+    def __init__(self, detail: str, status_code: int = 502, transient: bool = True):
+        super().__init__(detail, status_code=status_code)
+        self.transient = transient
