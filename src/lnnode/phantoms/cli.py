@@ -41,7 +41,13 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``lnnode synth`` options to a parser."""
     parser.add_argument("--out", required=True, metavar="DIR", help="studies folder to write (created if missing)")
     parser.add_argument("--cases", type=int, default=4, metavar="N", help="number of cases, indices 0..N-1 (default 4)")
-    parser.add_argument("--modality", choices=MODALITIES, default="ct", help="ct (HU) or mr (T2-like, arbitrary units)")
+    parser.add_argument(
+        "--modality",
+        choices=(*MODALITIES, "us"),
+        default="ct",
+        help="ct (HU), mr (T2-like, arbitrary units) or us (2D B-mode ultrasound PNGs: --shape W H 1, default "
+        "256 256 1)",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -117,9 +123,37 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default=None, metavar="TEXT", help="case id prefix (default ct_ or mr_)")
 
 
+def _run_us(args: argparse.Namespace) -> int:
+    from lnnode.phantoms.ultrasound import US_SIZE, synthesize_us
+
+    shape = tuple(args.shape)
+    if shape == (160, 160, 64):  # the 3D default: the ultrasound one instead
+        shape = (*US_SIZE, 1)
+    if shape[2] != 1:
+        print(f"lnnode synth: error: an ultrasound image is 2D: --shape W H 1, got {shape}", file=sys.stderr)
+        return 2
+
+    def report(case, seconds: float) -> None:
+        info = case.info
+        marks = ", burnt-in marks" if info["marks"] else ""
+        print(f"{case.case_id}: us {info['size'][0]}x{info['size'][1]} px, {info['n_nodes']} nodes "
+              f"({info['n_metastatic']} metastatic){marks}, {seconds:.2f} s", flush=True)  # fmt: skip
+
+    try:
+        entries = synthesize_us(args.out, args.cases, args.seed, args.label_tag, args.prefix, shape[:2], report)
+    except PhantomError as e:
+        print(f"lnnode synth: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(entries)} cases ({sum(len(e['nodes']) for e in entries)} nodes) to {args.out}")
+    return 0
+
+
 def run_synth(args: argparse.Namespace) -> int:
     """Run ``lnnode synth``: one line per case with its time; returns the exit status."""
     from lnnode.phantoms.generate import synthesize
+
+    if args.modality == "us":
+        return _run_us(args)
 
     def report(case, seconds: float) -> None:
         g = case.geometry
