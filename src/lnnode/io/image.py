@@ -1,6 +1,9 @@
 """Reading and writing 3D images with their geometry (world LPS), with clear errors for bad input.
 
 Arrays here are always in index order ``(i, j, k)`` (SimpleITK's numpy view is ``(k, j, i)``).
+With ``allow_2d`` a 2D image (PNG, JPEG, a single-frame DICOM file, a 2D NIfTI/NRRD) is read as a volume of one
+slice: shape ``(columns, rows, 1)``; a PNG or JPEG has spacing 1 and origin 0, so world x, y are its pixel column
+and row; a DICOM file has its pixel spacing, position and orientation. Colour is turned to grey (luminance).
 Writes are atomic (see atomic.py): a reader never sees a half-written file.
 """
 
@@ -21,6 +24,8 @@ from lnnode.io.atomic import atomic_write
 __all__ = [
     "ImageError",
     "IMAGE_SUFFIXES",
+    "PLANAR_SUFFIXES",
+    "is_planar",
     "image_suffix",
     "read_sitk",
     "read_image",
@@ -33,6 +38,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PLANAR_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")  # 2D image files (read with allow_2d)
 # the largest volume read (voxels); the server sets it from --conf max_image_voxels. 6e8 voxels is
 # 2.4 GB as float32: a 512 x 512 x 2000 whole-body CT fits, an absurd upload does not
 MAX_IMAGE_VOXELS = int(os.environ.get("LNNODE_MAX_IMAGE_VOXELS", "600000000"))
@@ -108,8 +114,34 @@ def _check_nifti(path: str) -> int:
     return nonfinite
 
 
-def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Image:
-    """Read a 3D image (NIfTI, NRRD, MetaImage file, or a folder holding one DICOM series).
+def is_planar(geometry: ImageGeometry) -> bool:
+    """A one-slice volume: a 2D image read with ``allow_2d``."""
+    return geometry.shape[2] == 1
+
+
+def _grey(image: sitk.Image) -> sitk.Image:
+    """A colour (RGB/RGBA) 2D image as grey: luminance, ITU-R BT.601 weights (alpha dropped)."""
+    rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
+    grey = sitk.GetImageFromArray(rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+    grey.CopyInformation(image)
+    return grey
+
+
+def _as_one_slice(image: sitk.Image, path: str) -> sitk.Image:
+    if image.GetDimension() == 2:
+        if image.GetNumberOfComponentsPerPixel() in (3, 4):
+            image = _grey(image)
+        image = sitk.JoinSeries(image)  # k = 0, spacing 1 along k
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1 and image.GetNumberOfComponentsPerPixel() in (3, 4):
+        image = _grey(image)  # a colour single-frame DICOM
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1 and min(image.GetSize()[:2]) < 2:
+        raise ImageError(path, f"has size {image.GetSize()[:2]}; a 2D image needs 2+ pixels on each side")
+    return image
+
+
+def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False, allow_2d: bool = False) -> sitk.Image:
+    """Read a 3D image (NIfTI, NRRD, MetaImage file, or a folder holding one DICOM series); with ``allow_2d``
+    also a 2D image, as a volume of one slice (see the module docstring).
 
     A 4D image with a single channel/time point is squeezed to 3D; anything else not 3D is refused,
     and so are NaN or infinite voxels unless ``allow_nonfinite``.
@@ -130,6 +162,8 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Im
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
         detail = lines[-1].replace(p, "the file").removeprefix("sitk::ERROR: ")
         raise ImageError(p, f"not a readable image ({detail[:200]})") from None
+    if allow_2d:
+        image = _as_one_slice(image, p)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageError(p, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
     dim = image.GetDimension()
@@ -138,7 +172,7 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Im
         dim = 3
     if dim != 3:
         raise ImageError(p, f"is a {dim}D image of size {image.GetSize()}; lnnode needs a 3D volume")
-    if min(image.GetSize()) < 2:
+    if min(image.GetSize()) < 2 and not (allow_2d and image.GetSize()[2] == 1):
         raise ImageError(p, f"has size {image.GetSize()}; a 3D volume needs 2+ voxels on every axis")
     try:
         ImageGeometry.from_sitk(image)
@@ -148,12 +182,14 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False) -> sitk.Im
     return image
 
 
-def read_geometry(path: str | os.PathLike) -> ImageGeometry:
+def read_geometry(path: str | os.PathLike, allow_2d: bool = False) -> ImageGeometry:
     """The geometry of an image file from its header alone (no voxel is decoded); a DICOM folder is read.
 
     For an image :func:`read_sitk` accepts, this equals ``ImageGeometry.from_sitk(read_sitk(path))``.
     """
     p = str(path)
+    if allow_2d:
+        return ImageGeometry.from_sitk(read_sitk(p, allow_2d=True))  # 2D images are small: decoded
     if os.path.isdir(p):
         return ImageGeometry.from_sitk(read_sitk(p))
     reader = sitk.ImageFileReader()
@@ -220,11 +256,12 @@ def array_to_sitk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
 
 
 def read_image(
-    path: str | os.PathLike, allow_nonfinite: bool = False, require_content: bool = False
+    path: str | os.PathLike, allow_nonfinite: bool = False, require_content: bool = False, allow_2d: bool = False
 ) -> tuple[np.ndarray, ImageGeometry]:
     """Read a 3D image as a float32 (i, j, k) array and its geometry. ``require_content``: refuse a
-    volume with one value everywhere (an image to look at, not a mask)."""
-    image = read_sitk(path, allow_nonfinite)
+    volume with one value everywhere (an image to look at, not a mask); ``allow_2d``: a 2D image too, as
+    one slice."""
+    image = read_sitk(path, allow_nonfinite, allow_2d)
     array = sitk_to_array(image)
     if not allow_nonfinite and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))

@@ -1,0 +1,76 @@
+"""2D images read as one-slice volumes (``allow_2d``): PNG, JPEG (colour to grey), a single-frame DICOM with its
+pixel spacing, position and orientation, a 2D NIfTI; x, y are the pixel column and row; refused without the flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+from lnnode.io.image import ImageError, is_planar, read_geometry, read_image
+
+ROWS, COLS = 30, 40
+PIXELS = (np.arange(ROWS * COLS).reshape(ROWS, COLS) % 251).astype(np.uint8)  # [row, column]
+
+
+def test_a_png_is_one_slice_whose_world_x_y_are_column_and_row(tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "a.png")
+    volume, geometry = read_image(tmp_path / "a.png", allow_2d=True)
+    assert volume.shape == (COLS, ROWS, 1) and is_planar(geometry)
+    assert geometry.spacing == (1.0, 1.0, 1.0) and geometry.origin == (0.0, 0.0, 0.0)
+    assert volume[20, 10, 0] == PIXELS[10, 20]
+    assert geometry.index_to_world([20, 10, 0]).tolist() == [20.0, 10.0, 0.0]
+    assert read_geometry(tmp_path / "a.png", allow_2d=True) == geometry
+    with pytest.raises(ImageError, match="3D"):
+        read_image(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_colour_is_turned_to_grey(tmp_path, suffix):
+    rgb = np.stack([PIXELS, PIXELS // 2, PIXELS // 4], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / f"c.{suffix}", quality=100) if suffix == "jpg" else Image.fromarray(
+        rgb).save(tmp_path / f"c.{suffix}")  # fmt: skip
+    volume, _ = read_image(tmp_path / f"c.{suffix}", allow_2d=True)
+    expected = 0.299 * PIXELS + 0.587 * (PIXELS // 2) + 0.114 * (PIXELS // 4)
+    tolerance = 0.01 if suffix == "png" else 4.0  # JPEG is lossy
+    assert volume.shape == (COLS, ROWS, 1)
+    assert np.abs(volume[:, :, 0].T - expected).mean() < tolerance
+
+
+def test_a_single_frame_dicom_has_its_pixel_spacing_position_and_orientation(tmp_path):
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
+    ds.Rows, ds.Columns, ds.PixelSpacing = ROWS, COLS, [0.2, 0.1]  # row spacing 0.2, column spacing 0.1
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [10.0, -5.0, 3.0], [0, 1, 0, 0, 0, -1]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = PIXELS.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    pydicom.dcmwrite(tmp_path / "us.dcm", ds)
+    volume, geometry = read_image(tmp_path / "us.dcm", allow_2d=True)
+    assert volume.shape == (COLS, ROWS, 1) and volume[20, 10, 0] == PIXELS[10, 20]
+    assert geometry.spacing[:2] == pytest.approx((0.1, 0.2))
+    # column 20, row 10: 20 x 0.1 mm along the row direction (+y), 10 x 0.2 mm along the column direction (-z)
+    assert geometry.index_to_world([20, 10, 0]) == pytest.approx([10.0, -3.0, 1.0])
+
+
+def test_a_2d_nifti_and_an_image_too_small_or_3d(tmp_path):
+    image = sitk.GetImageFromArray(PIXELS.astype(np.int16))
+    image.SetSpacing((0.5, 0.7))
+    sitk.WriteImage(image, str(tmp_path / "flat.nii.gz"))
+    volume, geometry = read_image(tmp_path / "flat.nii.gz", allow_2d=True)
+    assert volume.shape == (COLS, ROWS, 1) and geometry.spacing[:2] == pytest.approx((0.5, 0.7))
+    Image.fromarray(np.zeros((1, 5), np.uint8)).save(tmp_path / "line.png")
+    with pytest.raises(ImageError, match="2\\+ pixels"):
+        read_image(tmp_path / "line.png", allow_2d=True)
+    cube = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32))
+    sitk.WriteImage(cube, str(tmp_path / "cube.nii.gz"))
+    assert read_image(tmp_path / "cube.nii.gz", allow_2d=True)[0].shape == (6, 5, 4), "a volume stays a volume"
