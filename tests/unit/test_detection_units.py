@@ -182,3 +182,25 @@ def test_operating_point_is_read_off_the_validation_froc():
     metric.update([{"pred": pred, "gt": gt}])
     assert metric.operating_point(1.0) == {"score_threshold": 0.6, "sensitivity": 1.0, "fp_per_volume": 1.0}
     assert metric.operating_point(0.5) == {"score_threshold": 0.9, "sensitivity": 0.5, "fp_per_volume": 0.0}
+
+
+def test_a_2d_spec_builds_a_2d_detector_that_trains_and_detects():
+    spec = DetectorSpec.planar()
+    assert spec.spatial_dims == 2 and DetectorSpec.from_dict(spec.to_dict()) == spec
+    assert spec.size_divisible == (16, 16)
+    with pytest.raises(ValueError, match="anchor_shapes\\[0\\] has 3 values; a 2D spec"):
+        DetectorSpec(spacing=(1.0, 1.0), conv1_size=(7, 7), conv1_stride=(2, 2), roi_size=(64, 64),
+                     patch_size=(64, 64))  # fmt: skip
+    net = build_detector_network(spec)
+    detector = build_detector(spec, net, training=True)
+    detector.train()
+    images = [torch.rand(1, 64, 64)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 30.0, 26.0]]), "labels": torch.tensor([0])}]
+    losses = detector(images, targets)
+    loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+    loss.backward()
+    assert torch.isfinite(loss)
+    detector.eval()
+    with torch.no_grad():
+        (found,) = detector([torch.rand(1, 96, 80)], use_inferer=False)
+    assert found[detector.target_box_key].shape[1] == 4, "2D boxes: x0, y0, x1, y1"

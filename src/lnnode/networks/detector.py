@@ -1,10 +1,11 @@
-"""The node detector: MONAI's 3D RetinaNet (ResNet + FPN) with node-sized anchors, ATSS matching
+"""The node detector: MONAI's RetinaNet (ResNet + FPN) with node-sized anchors, ATSS matching
 and hard-negative sampling. One builder for the network and one for the detector around it, both
 driven by a :class:`DetectorSpec` that every checkpoint carries.
 
 The defaults are the compact lnnode detector (ResNet10-like with narrow widths, a 32-channel FPN,
 2-layer heads, 1.5 x 1.5 x 2 mm): MONAI's reference lung-nodule recipe is the same builder with
-``DetectorSpec.reference_lung_nodule()``.
+``DetectorSpec.reference_lung_nodule()``. A spec with two spacing values is a 2D detector (images of
+shape (C, W, H), boxes (x0, y0, x1, y1)); ``DetectorSpec.planar()`` is the compact one for 2D images.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class DetectorSpec:
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(v) for v in self.spacing)
+        if len(self.spacing) not in (2, 3):
+            raise ValueError(f"spacing has 2 (a 2D detector) or 3 values, got {len(self.spacing)}")
         for name in (
             "layers",
             "inplanes",
@@ -65,6 +68,7 @@ class DetectorSpec:
         ):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         self.anchor_shapes = tuple(tuple(int(v) for v in a) for a in self.anchor_shapes)
+        self._check_axes()
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         if self.fpn_channels % 8:
@@ -76,8 +80,20 @@ class DetectorSpec:
             if np.any(np.asarray(getattr(self, name)) % divisible):
                 raise ValueError(f"{name} {getattr(self, name)} must be divisible by {tuple(divisible)}")
 
+    def _check_axes(self) -> None:
+        """Every per-axis field has one value per spatial dimension (a 2D spec is not half a 3D one)."""
+        per_axis = {name: getattr(self, name) for name in ("conv1_size", "conv1_stride", "roi_size", "patch_size")}
+        per_axis.update({f"anchor_shapes[{i}]": a for i, a in enumerate(self.anchor_shapes)})
+        for name, values in per_axis.items():
+            if len(values) != self.spatial_dims:
+                raise ValueError(f"{name} has {len(values)} values; a {self.spatial_dims}D spec needs that many")
+
     @property
-    def size_divisible(self) -> tuple[int, int, int]:
+    def spatial_dims(self) -> int:
+        return len(self.spacing)
+
+    @property
+    def size_divisible(self) -> tuple[int, ...]:
         """Input size multiple so that every feature map level has whole cells."""
         coarsest = np.asarray(feature_strides(self)[-1])
         return tuple(int(v) for v in coarsest)
@@ -96,6 +112,20 @@ class DetectorSpec:
         if unknown:
             raise ValueError(f"unknown detector spec fields {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def planar(cls, in_channels: int = 1) -> DetectorSpec:
+        """The compact detector for 2D images (ultrasound, key slices) at 1 unit per pixel: nodes of about
+        8-64 pixels."""
+        return cls(
+            in_channels=in_channels,
+            spacing=(1.0, 1.0),
+            conv1_size=(7, 7),
+            conv1_stride=(2, 2),
+            anchor_shapes=((8, 8), (12, 10), (16, 12)),
+            roi_size=(256, 256),
+            patch_size=(128, 128),
+        )
 
     @classmethod
     def reference_lung_nodule(cls, in_channels: int = 1) -> DetectorSpec:
@@ -121,7 +151,7 @@ class DetectorSpec:
         )
 
 
-def feature_strides(spec: DetectorSpec) -> list[tuple[int, int, int]]:
+def feature_strides(spec: DetectorSpec) -> list[tuple[int, ...]]:
     """Voxel stride of each feature map level, finest first (conv1, max-pool, then x2 per level)."""
     base = np.asarray(spec.conv1_stride) * 2  # max-pool halves every axis; layer1 keeps the size
     strides = [base * 2 ** (layer - 1) for layer in spec.returned_layers]
@@ -136,7 +166,7 @@ def build_detector_network(spec: DetectorSpec) -> RetinaNet:
         block=block,
         layers=list(spec.layers),
         block_inplanes=list(spec.inplanes),
-        spatial_dims=3,
+        spatial_dims=spec.spatial_dims,
         n_input_channels=spec.in_channels,
         conv1_t_size=spec.conv1_size,
         conv1_t_stride=spec.conv1_stride,
@@ -149,10 +179,10 @@ def build_detector_network(spec: DetectorSpec) -> RetinaNet:
         return_layers={f"layer{layer}": str(i) for i, layer in enumerate(spec.returned_layers)},
         in_channels_list=[spec.inplanes[layer - 1] * expansion for layer in spec.returned_layers],
         out_channels=spec.fpn_channels,
-        spatial_dims=3,
+        spatial_dims=spec.spatial_dims,
     )
     network = RetinaNet(
-        spatial_dims=3,
+        spatial_dims=spec.spatial_dims,
         num_classes=1,
         num_anchors=len(spec.anchor_shapes),
         feature_extractor=feature_extractor,
@@ -186,7 +216,7 @@ def build_detector(
     detector = RetinaNetDetector(
         network=network,
         anchor_generator=anchors,
-        spatial_dims=3,
+        spatial_dims=spec.spatial_dims,
         num_classes=1,
         size_divisible=spec.size_divisible,
         debug=False,

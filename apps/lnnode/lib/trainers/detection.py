@@ -120,6 +120,9 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         spec = DetectorSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
+        if spec.spatial_dims != self.spec.spatial_dims:
+            dims = (self.spec.spatial_dims, spec.spatial_dims)
+            raise ValueError(f"{self.name} trains a {dims[0]}D detector; the spec given is {dims[1]}D")
         if not request.get("spec", {}).get("anchor_shapes"):
             sizes = np.asarray(
                 [n["size"] for item in context.train_datalist for n in load_label(item["label"], item["id"])["nodes"]]
