@@ -50,13 +50,15 @@ def test_crop_outside_the_image_is_filled():
     assert extract_crops(image, g, [], shape=(8, 8, 8), spacing=1.0).shape == (0, 1, 8, 8, 8)
 
 
-@pytest.mark.parametrize("architecture", ["3d", "2.5d"])
+@pytest.mark.parametrize("architecture", ["3d", "2.5d", "2d"])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_networks_give_one_logit_per_crop(architecture, channels):
     spec = ClassifierSpec(in_channels=channels, architecture=architecture, crop_mm=24.0, widths=(4, 8))
     net = build_classifier_network(spec).eval()
     x = torch.randn(3, channels, *spec.crop_shape)
-    assert net(x).shape == (3,)
+    assert net(x).shape == (3,) and len(spec.crop_shape) == (2 if architecture == "2d" else 3)
+    if architecture == "2d":  # a one-slice volume's crop too
+        assert torch.allclose(net(x[..., None]), net(x))
 
 
 def test_coordinate_attention_gates_vary_along_each_axis():
@@ -160,3 +162,20 @@ def test_saliency_is_a_small_world_aligned_nifti_around_the_node(tmp_path):
         grad_cam(
             build_classifier_network(ClassifierSpec(architecture="2.5d", crop_mm=16.0)), torch.zeros(1, 1, 16, 16, 16)
         )
+
+
+def test_the_2d_classifier_starts_from_local_imagenet_weights_and_flips_in_the_plane(tmp_path):
+    from torchvision.models import resnet18
+
+    source = resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    spec = ClassifierSpec(architecture="2d", crop_mm=32.0, pretrained_path=str(tmp_path / "resnet18.pth"))
+    net = build_classifier_network(spec, load_pretrained=True).eval()
+    # a grey crop is R = G = B: the summed RGB filters give the ImageNet network's first layer response
+    assert torch.allclose(net.backbone.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(net.backbone.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    crops = torch.randn(3, 1, *spec.crop_shape)
+    logits = predict_logits(net, crops, tta=8)
+    assert logits.shape == (3, 4), "four flips of a 2D crop"
+    with torch.no_grad():
+        assert torch.allclose(logits[:, 3], net(torch.flip(crops, (2, 3))), atol=1e-5)

@@ -11,8 +11,11 @@ that every checkpoint carries:
   adjacent slices each as the RGB channels) through one shared 2D ResNet-18, features concatenated.
   It can start from ImageNet weights given as a local file (``pretrained_path``; nothing is ever
   downloaded) and trains from scratch without one.
+* ``2d``: for 2D images (ultrasound, key slices): a 2D ResNet-18 on the node-centred crop, from the same
+  optional local ImageNet weights (their RGB filters summed for a grey crop).
 
-Crops are ``(C, X, Y, Z)`` on a world-aligned grid (LPS axes), see ``transforms/crops.py``.
+Crops are ``(C, X, Y, Z)`` on a world-aligned grid (LPS axes), see ``transforms/crops.py``; a ``2d``
+crop is ``(C, X, Y)`` (or ``(C, X, Y, 1)``: a one-slice volume's).
 """
 
 from __future__ import annotations
@@ -30,11 +33,16 @@ __all__ = [
     "CoordinateAttention3d",
     "NodeClassifier3d",
     "NodeClassifier25d",
+    "NodeClassifier2d",
     "build_classifier_network",
     "predict_logits",
     "grad_cam",
     "FLIPS",
+    "FLIPS_2D",
 ]
+
+
+ARCHITECTURES = ("3d", "2.5d", "2d")
 
 
 @dataclass
@@ -42,7 +50,7 @@ class ClassifierSpec:
     """Everything needed to rebuild a classifier and feed it as it was trained."""
 
     in_channels: int = 1
-    architecture: str = "3d"  # "3d" or "2.5d"
+    architecture: str = "3d"  # "3d", "2.5d" or "2d" (2D images)
     crop_mm: float = 48.0  # edge of the cubic crop, mm
     crop_spacing: float = 1.0  # mm per crop voxel
     widths: tuple[int, ...] = (16, 32, 64)  # 3d: channels per stage (each stage halves the size)
@@ -58,8 +66,8 @@ class ClassifierSpec:
             float(self.crop_spacing),
             float(self.dropout),
         )
-        if self.architecture not in ("3d", "2.5d"):
-            raise ValueError(f"architecture must be '3d' or '2.5d', got {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         if not self.widths or any(w < 1 for w in self.widths):
@@ -70,9 +78,13 @@ class ClassifierSpec:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
-    def crop_shape(self) -> tuple[int, int, int]:
+    def spatial_dims(self) -> int:
+        return 2 if self.architecture == "2d" else 3
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
         n = int(round(self.crop_mm / self.crop_spacing))
-        return (n, n, n)
+        return (n,) * self.spatial_dims
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +206,30 @@ class NodeClassifier25d(nn.Module):
         return self.head(torch.cat(torch.split(feats, n, dim=0), dim=1)).squeeze(1)
 
 
+class NodeClassifier2d(nn.Module):
+    """A 2D ResNet-18 on the node-centred crop of a 2D image -> logit."""
+
+    def __init__(self, spec: ClassifierSpec, load_pretrained: bool = False):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        backbone = resnet18(weights=None)
+        if load_pretrained and spec.pretrained_path:
+            _load_imagenet(backbone, spec.pretrained_path)
+        conv = backbone.conv1
+        new = nn.Conv2d(spec.in_channels, conv.out_channels, 7, 2, 3, bias=False)
+        with torch.no_grad():  # a grey image is R = G = B: the RGB filters summed see it as ImageNet's did
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True).repeat(1, spec.in_channels, 1, 1) / spec.in_channels)
+        backbone.conv1 = new
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(512, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., 0] if x.ndim == 5 else x  # a one-slice volume's crop
+        return self.head(self.backbone(x)).squeeze(1)
+
+
 def _load_imagenet(backbone: nn.Module, path: str) -> None:
     """torchvision ResNet-18 ImageNet weights from a local file (a state dict); the fc layer is not used."""
     if not os.path.isfile(path):
@@ -213,11 +249,14 @@ def build_classifier_network(spec: ClassifierSpec, load_pretrained: bool = False
     """
     if spec.architecture == "3d":
         return NodeClassifier3d(spec)
+    if spec.architecture == "2d":
+        return NodeClassifier2d(spec, load_pretrained=load_pretrained)
     return NodeClassifier25d(spec, load_pretrained=load_pretrained)
 
 
 # the 8 flip combinations of the three crop axes; the identity first, so tta=1 is plain inference
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+FLIPS_2D: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))  # of (N, C, X, Y) crops
 
 
 @torch.no_grad()
@@ -229,13 +268,15 @@ def predict_logits(
     batch_size: int = 32,
     amp: bool = True,
 ) -> torch.Tensor:
-    """Logits (N, tta) of crops (N, C, X, Y, Z), one column per flip of the crops (test-time augmentation).
+    """Logits (N, tta) of crops (N, C, X, Y, Z), one column per flip of the crops (test-time augmentation);
+    2D crops (N, C, X, Y) have 4 flips, so at most 4 columns.
 
     The spread over the flips is the node's uncertainty; flips are cheap (no resampling) and keep
     the crop's physical geometry, unlike rotations on an anisotropic source image.
     """
-    tta = int(min(max(tta, 1), len(FLIPS)))
     crops = torch.as_tensor(crops, dtype=torch.float32)
+    flips = FLIPS_2D if crops.ndim == 4 else FLIPS
+    tta = int(min(max(tta, 1), len(flips)))
     device = torch.device(device)
     network.eval()
     out = torch.empty((crops.shape[0], tta), dtype=torch.float32)
@@ -243,7 +284,7 @@ def predict_logits(
     for start in range(0, crops.shape[0], batch_size):
         batch = crops[start : start + batch_size].to(device)
         with torch.autocast("cuda", enabled=use_amp):
-            for t, dims in enumerate(FLIPS[:tta]):
+            for t, dims in enumerate(flips[:tta]):
                 out[start : start + batch.shape[0], t] = (
                     network(torch.flip(batch, dims) if dims else batch).float().cpu()
                 )

@@ -223,6 +223,10 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         context.spec = ClassifierSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
+        if context.spec.spatial_dims != self.spec.spatial_dims:
+            dims = (self.spec.spatial_dims, context.spec.spatial_dims)
+            raise ValueError(f"{self.name} trains on {dims[0]}D crops; the spec given ({context.spec.architecture}) "
+                             f"is {dims[1]}D")  # fmt: skip
         context.preprocessing = {
             "modality": self.modality,
             "intensity": DEFAULT_INTENSITY[self.modality],
