@@ -74,3 +74,28 @@ def test_a_2d_nifti_and_an_image_too_small_or_3d(tmp_path):
     cube = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32))
     sitk.WriteImage(cube, str(tmp_path / "cube.nii.gz"))
     assert read_image(tmp_path / "cube.nii.gz", allow_2d=True)[0].shape == (6, 5, 4), "a volume stays a volume"
+
+
+def test_planar_crops_follow_the_image_plane_at_its_pixel_spacing():
+    from lnnode.geometry import ImageGeometry
+    from lnnode.transforms.crops import NodeCropsd, extract_planar_crops
+
+    # an oblique plane (DICOM-like orientation) with anisotropic pixels: 0.1 mm across, 0.2 mm down
+    direction = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)  # columns: i, j and the normal
+    geometry = ImageGeometry((40, 30, 1), (0.1, 0.2, 1.0), (10.0, -5.0, 3.0), direction.ravel())
+    i, j = np.meshgrid(np.arange(40.0), np.arange(30.0), indexing="ij")
+    image = (2.0 * i + 3.0 * j)[:, :, None]  # linear: bilinear sampling is exact inside
+    centre = geometry.index_to_world([20.0, 15.0, 0.0])
+    crop = extract_planar_crops(image, geometry, [centre], size=5, spacing=0.2)
+    assert crop.shape == (1, 1, 5, 5)
+    # crop pixel (a, b) is (a - 2) * 0.2 mm along i (2 pixels of 0.1) and (b - 2) * 0.2 mm along j (1 pixel)
+    a, b = np.meshgrid(np.arange(5.0), np.arange(5.0), indexing="ij")
+    assert np.allclose(crop[0, 0], 2.0 * (20 + 2 * (a - 2)) + 3.0 * (15 + (b - 2)))
+    far = geometry.index_to_world([-50.0, -50.0, 0.0])
+    assert np.all(extract_planar_crops(image, geometry, [far], 5, 0.2, fill=-1.0) == -1.0)
+    d = NodeCropsd(keys="image", shape=(5, 5), spacing=0.2)({"image": image[None], "image_geometry": geometry,
+                                                             "nodes": [{"center": centre.tolist()}]})  # fmt: skip
+    assert np.array_equal(d["image"], crop)
+    with pytest.raises(ValueError, match="one-slice"):
+        extract_planar_crops(np.zeros((4, 4, 2)), ImageGeometry((4, 4, 2), (1, 1, 1), (0, 0, 0), np.eye(3).ravel()),
+                             [[0, 0, 0]], 3, 1.0)  # fmt: skip

@@ -3,6 +3,9 @@
 A crop's grid has identity direction (LPS axes) and isotropic spacing, centred on the node's world
 centre, whatever the scanner's direction matrix and spacing: the same node looks the same in an
 axial, an oblique or a flipped acquisition, and the crop's axes mean the same thing to the network.
+
+A 2D image (a one-slice volume) is cropped in its own plane (:func:`extract_planar_crops`): the crop's axes
+are the image's columns and rows (on ultrasound: across and in depth), at an isotropic in-plane spacing.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import numpy as np
 import SimpleITK as sitk
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from scipy import ndimage
 
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import array_to_sitk
 
-__all__ = ["crop_geometry", "extract_crops", "NodeCropsd"]
+__all__ = ["crop_geometry", "extract_crops", "extract_planar_crops", "NodeCropsd"]
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -59,8 +63,37 @@ def extract_crops(
     return out
 
 
+def extract_planar_crops(
+    image: np.ndarray,
+    geometry: ImageGeometry,
+    centers: Sequence[Sequence[float]],
+    size: int,
+    spacing: float,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """Crops (N, C, size, size) float32 of a 2D image ((C, i, j, 1), (C, i, j) or (i, j)) around world
+    ``centers``, in the image's plane: crop axis 0 runs along the image's columns (i), axis 1 along its rows (j),
+    ``spacing`` (the pixel spacing's units) per crop pixel; bilinear, ``fill`` outside the image."""
+    if geometry.shape[2] != 1:
+        raise ValueError(f"a planar crop needs a one-slice image, got shape {geometry.shape}")
+    channels = np.asarray(image, dtype=np.float32)
+    if channels.shape[-3:] == tuple(geometry.shape):
+        channels = channels[..., 0]  # (C, i, j, 1) or (i, j, 1): the plane
+    channels = channels[None] if channels.ndim == 2 else channels
+    out = np.empty((len(centers), channels.shape[0], int(size), int(size)), dtype=np.float32)
+    offsets = (np.arange(int(size), dtype=np.float64) - (int(size) - 1) / 2.0) * float(spacing)
+    di, dj = np.meshgrid(offsets / geometry.spacing[0], offsets / geometry.spacing[1], indexing="ij")
+    for n, center in enumerate(centers):
+        ci, cj = geometry.world_to_index(center)[:2]
+        ii, jj = ci + di, cj + dj
+        for c, plane in enumerate(channels):
+            out[n, c] = ndimage.map_coordinates(plane, [ii, jj], order=1, mode="constant", cval=float(fill))
+    return out
+
+
 class NodeCropsd(MapTransform):
-    """Replace the (C, i, j, k) image under ``keys`` by crops (N, C, X, Y, Z) around ``data[nodes_key]``.
+    """Replace the (C, i, j, k) image under ``keys`` by crops (N, C, X, Y, Z) around ``data[nodes_key]``;
+    a two-value ``shape`` crops a 2D image in its plane: (N, C, X, Y).
 
     ``{key}_geometry`` must hold the image geometry. Nodes are dicts with a world ``center``.
     """
@@ -84,5 +117,9 @@ class NodeCropsd(MapTransform):
         d = dict(data)
         centers = [n["center"] for n in d[self.nodes_key]]
         for key in self.key_iterator(d):
-            d[key] = extract_crops(d[key], d[f"{key}_geometry"], centers, self.shape, self.spacing, self.fill)
+            geometry = d[f"{key}_geometry"]
+            if len(self.shape) == 2:
+                d[key] = extract_planar_crops(d[key], geometry, centers, self.shape[0], self.spacing, self.fill)
+            else:
+                d[key] = extract_crops(d[key], geometry, centers, self.shape, self.spacing, self.fill)
         return d
