@@ -99,3 +99,18 @@ def test_planar_crops_follow_the_image_plane_at_its_pixel_spacing():
     with pytest.raises(ValueError, match="one-slice"):
         extract_planar_crops(np.zeros((4, 4, 2)), ImageGeometry((4, 4, 2), (1, 1, 1), (0, 0, 0), np.eye(3).ravel()),
                              [[0, 0, 0]], 3, 1.0)  # fmt: skip
+
+
+def test_a_pixel_box_is_a_world_box_one_slice_thick_and_back():
+    from lnnode.contracts import make_label
+    from lnnode.contracts.convert import label_to_planar_boxes, planar_box_to_node
+    from lnnode.geometry import ImageGeometry
+
+    direction = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)
+    geometry = ImageGeometry((40, 30, 1), (0.1, 0.2, 0.7), (10.0, -5.0, 3.0), direction.ravel())
+    node = planar_box_to_node([4.5, 9.5], [14.5, 19.5], geometry)
+    assert node["size"] == pytest.approx([0.7, 1.0, 2.0]), "the normal (world x) one slice thick; 10 px each way"
+    boxes = label_to_planar_boxes(make_label("us", [node]), geometry)
+    assert boxes.shape == (1, 2, 2) and np.allclose(boxes[0], [[4.5, 9.5], [14.5, 19.5]])
+    png = ImageGeometry((40, 30, 1), (1, 1, 1), (0, 0, 0), np.eye(3).ravel())
+    assert planar_box_to_node([4.5, 9.5], [14.5, 19.5], png) == {"center": [9.5, 14.5, 0.0], "size": [10.0, 10.0, 1.0]}

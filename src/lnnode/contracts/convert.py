@@ -14,6 +14,8 @@ __all__ = [
     "instance_boxes",
     "label_to_index_boxes",
     "index_box_to_node",
+    "planar_box_to_node",
+    "label_to_planar_boxes",
     "check_label_in_image",
 ]
 
@@ -36,6 +38,17 @@ def label_to_index_boxes(label: dict, geometry: ImageGeometry, key: str = "nodes
     """
     boxes = [box_world_to_index(n["center"], n["size"], geometry) for n in label.get(key, [])]
     return np.asarray(boxes, dtype=float).reshape(-1, 2, 3)
+
+
+def planar_box_to_node(lo: Sequence[float], hi: Sequence[float], geometry: ImageGeometry) -> dict:
+    """A pixel box (lo, hi) in (i, j) of a 2D image (a one-slice volume) to a node: the world box of the pixels,
+    one slice thick (the contracts' z is the slice)."""
+    return index_box_to_node([lo[0], lo[1], -0.5], [hi[0], hi[1], 0.5], geometry)
+
+
+def label_to_planar_boxes(label: dict, geometry: ImageGeometry, key: str = "nodes") -> np.ndarray:
+    """Boxes of ``label[key]`` on a 2D image as pixel boxes, array (N, 2, 2) of (lo, hi) in (i, j)."""
+    return label_to_index_boxes(label, geometry, key)[:, :, :2]
 
 
 def instance_boxes(mask: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
