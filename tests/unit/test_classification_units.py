@@ -177,5 +177,18 @@ def test_the_2d_classifier_starts_from_local_imagenet_weights_and_flips_in_the_p
     crops = torch.randn(3, 1, *spec.crop_shape)
     logits = predict_logits(net, crops, tta=8)
     assert logits.shape == (3, 4), "four flips of a 2D crop"
+    assert torch.allclose(predict_logits(net, crops[..., None], tta=8), logits), "a one-slice volume's crop too"
     with torch.no_grad():
         assert torch.allclose(logits[:, 3], net(torch.flip(crops, (2, 3))), atol=1e-5)
+
+
+def test_the_3d_trainers_refuse_a_2d_spec_by_name(tmp_path):
+    from lib.trainers import NodeClassificationTrainer, NodeDetectionTrainer
+    from lnnode.networks.detector import DetectorSpec
+
+    with pytest.raises(ValueError, match="3D detector; the spec given is 2D"):
+        NodeDetectionTrainer("lymph_node_detection", str(tmp_path), str(tmp_path / "d.pt"), [],
+                             spec=DetectorSpec.planar())  # fmt: skip
+    with pytest.raises(ValueError, match="3D crops; a '2d' spec is 2D"):
+        NodeClassificationTrainer("lymph_node_classification", str(tmp_path), str(tmp_path / "c.pt"), [],
+                                  spec=ClassifierSpec(architecture="2d"))  # fmt: skip

@@ -32,8 +32,8 @@ def test_a_png_is_one_slice_whose_world_x_y_are_column_and_row(tmp_path):
 @pytest.mark.parametrize("suffix", ["png", "jpg"])
 def test_colour_is_turned_to_grey(tmp_path, suffix):
     rgb = np.stack([PIXELS, PIXELS // 2, PIXELS // 4], axis=-1)
-    Image.fromarray(rgb).save(tmp_path / f"c.{suffix}", quality=100) if suffix == "jpg" else Image.fromarray(
-        rgb).save(tmp_path / f"c.{suffix}")  # fmt: skip
+    options = {"quality": 100} if suffix == "jpg" else {}
+    Image.fromarray(rgb).save(tmp_path / f"c.{suffix}", **options)
     volume, _ = read_image(tmp_path / f"c.{suffix}", allow_2d=True)
     expected = 0.299 * PIXELS + 0.587 * (PIXELS // 2) + 0.114 * (PIXELS // 4)
     tolerance = 0.01 if suffix == "png" else 4.0  # JPEG is lossy
@@ -114,3 +114,24 @@ def test_a_pixel_box_is_a_world_box_one_slice_thick_and_back():
     assert boxes.shape == (1, 2, 2) and np.allclose(boxes[0], [[4.5, 9.5], [14.5, 19.5]])
     png = ImageGeometry((40, 30, 1), (1, 1, 1), (0, 0, 0), np.eye(3).ravel())
     assert planar_box_to_node([4.5, 9.5], [14.5, 19.5], png) == {"center": [9.5, 14.5, 0.0], "size": [10.0, 10.0, 1.0]}
+
+
+def test_a_pictures_dpi_is_not_a_pixel_spacing(tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "scan.jpg", dpi=(72, 72), quality=95)
+    Image.fromarray(np.stack([PIXELS, PIXELS], axis=-1), mode="LA").save(tmp_path / "grey_alpha.png")
+    for name in ("scan.jpg", "grey_alpha.png"):
+        volume, geometry = read_image(tmp_path / name, allow_2d=True)
+        assert geometry.spacing == (1.0, 1.0, 1.0) and geometry.origin == (0.0, 0.0, 0.0), name
+        assert volume.shape == (COLS, ROWS, 1)
+
+
+def test_an_oblique_plane_has_no_world_aligned_pixel_boxes():
+    from lnnode.contracts import ContractError
+    from lnnode.contracts.convert import planar_box_to_node
+    from lnnode.geometry import ImageGeometry
+
+    c, s = np.cos(0.5), np.sin(0.5)
+    rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    tilted = ImageGeometry((40, 30, 1), (0.1, 0.2, 1.0), (0, 0, 0), rotation.ravel())
+    with pytest.raises(ContractError, match="oblique"):
+        planar_box_to_node([1, 1], [5, 5], tilted)

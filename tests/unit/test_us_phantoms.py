@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 from scipy import ndimage
 
@@ -25,15 +24,21 @@ def test_a_case_depends_only_on_seed_and_index():
     assert not np.array_equal(make_us_case(4, 5).image, CASES[5].image)
 
 
-def test_each_label_box_is_its_instance_masks_box_one_slice_thick():
-    for case in CASES:
-        label = validate_label(case.label())
-        assert len(label["nodes"]) == len(case.nodes) == int(case.instances.max())
-        for node in case.nodes:
-            ys, xs = np.nonzero(case.instances == node["instance"])
-            assert node["center"][:2] == pytest.approx([(xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2])
-            assert node["size"] == pytest.approx([xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, 1.0])
-            assert node["center"][2] == 0.0
+def test_each_label_box_is_its_instance_masks_box_read_back_from_the_files(tmp_path):
+    from lnnode.contracts.convert import instance_boxes, label_to_index_boxes
+    from lnnode.io.image import read_image
+    from lnnode.phantoms.ultrasound import synthesize_us
+
+    synthesize_us(tmp_path, 12, seed=3)
+    for i in range(12):
+        label = validate_label(json.loads((tmp_path / "labels" / "final" / f"us_{i:03d}.json").read_text()))
+        masks, geometry = read_image(tmp_path / "labels" / "instances" / f"us_{i:03d}.png", allow_2d=True)
+        _, image_geometry = read_image(tmp_path / f"us_{i:03d}.png", allow_2d=True)
+        assert image_geometry == geometry and geometry.shape == (256, 256, 1)
+        boxes = instance_boxes(masks.astype(np.int32))
+        assert len(boxes) == len(label["nodes"])
+        for (lo, hi), (want_lo, want_hi) in zip(label_to_index_boxes(label, geometry), boxes.values(), strict=True):
+            assert np.allclose(lo, want_lo) and np.allclose(hi, want_hi), "the label's box is the mask's, in pixels"
 
 
 def test_the_image_is_a_sector_of_speckle_and_nodes_are_darker_than_around_them():
@@ -52,11 +57,12 @@ def test_the_image_is_a_sector_of_speckle_and_nodes_are_darker_than_around_them(
 def test_classes_overlap_in_size_and_differ_in_shape():
     by_class = {c: [n for _, n in NODES if n["class"] == c] for c in ("benign", "metastatic")}
     assert min(len(v) for v in by_class.values()) >= 10
-    short = {c: [n["short_axis_px"] for n in v] for c, v in by_class.items()}
+    short = {c: [n["nominal_short_axis_px"] for n in v] for c, v in by_class.items()}
     assert max(short["benign"]) > np.median(short["metastatic"]) > min(short["benign"]), "sizes overlap"
     assert not any(n["taller_than_wide"] for n in by_class["benign"])
     assert any(n["taller_than_wide"] for n in by_class["metastatic"])
-    ratio = {c: np.median([n["long_axis_px"] / n["short_axis_px"] for n in v]) for c, v in by_class.items()}
+    elongation = {c: [n["nominal_long_axis_px"] / n["nominal_short_axis_px"] for n in v] for c, v in by_class.items()}
+    ratio = {c: np.median(v) for c, v in elongation.items()}
     assert ratio["benign"] > 1.4 > ratio["metastatic"], ratio
 
 

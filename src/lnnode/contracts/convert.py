@@ -40,14 +40,23 @@ def label_to_index_boxes(label: dict, geometry: ImageGeometry, key: str = "nodes
     return np.asarray(boxes, dtype=float).reshape(-1, 2, 3)
 
 
+def _axis_aligned_plane(geometry: ImageGeometry) -> None:
+    if not geometry.is_axis_aligned(tol=1e-4):
+        raise ContractError("geometry", "an oblique 2D image: its pixel boxes are not world boxes (LPS-aligned)")
+
+
 def planar_box_to_node(lo: Sequence[float], hi: Sequence[float], geometry: ImageGeometry) -> dict:
     """A pixel box (lo, hi) in (i, j) of a 2D image (a one-slice volume) to a node: the world box of the pixels,
-    one slice thick (the contracts' z is the slice)."""
+    one slice thick (the contracts' z is the slice). Exact for planes along world axes; an oblique plane is
+    refused (a world-aligned box of a rotated pixel box would grow on every round trip)."""
+    _axis_aligned_plane(geometry)
     return index_box_to_node([lo[0], lo[1], -0.5], [hi[0], hi[1], 0.5], geometry)
 
 
 def label_to_planar_boxes(label: dict, geometry: ImageGeometry, key: str = "nodes") -> np.ndarray:
-    """Boxes of ``label[key]`` on a 2D image as pixel boxes, array (N, 2, 2) of (lo, hi) in (i, j)."""
+    """Boxes of ``label[key]`` on a 2D image as pixel boxes, array (N, 2, 2) of (lo, hi) in (i, j); the plane must
+    lie along world axes, as for :func:`planar_box_to_node`."""
+    _axis_aligned_plane(geometry)
     return label_to_index_boxes(label, geometry, key)[:, :, :2]
 
 

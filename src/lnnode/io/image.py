@@ -1,9 +1,11 @@
 """Reading and writing 3D images with their geometry (world LPS), with clear errors for bad input.
 
 Arrays here are always in index order ``(i, j, k)`` (SimpleITK's numpy view is ``(k, j, i)``).
-With ``allow_2d`` a 2D image (PNG, JPEG, a single-frame DICOM file, a 2D NIfTI/NRRD) is read as a volume of one
-slice: shape ``(columns, rows, 1)``; a PNG or JPEG has spacing 1 and origin 0, so world x, y are its pixel column
-and row; a DICOM file has its pixel spacing, position and orientation. Colour is turned to grey (luminance).
+With ``allow_2d`` a 2D image (PNG, JPEG, BMP, TIFF, a single-frame DICOM file, a 2D NIfTI/NRRD) is read as a
+volume of one slice: shape ``(columns, rows, 1)``; a picture (PNG, JPEG, BMP, TIFF) has spacing 1 and origin 0
+whatever DPI it carries, so world x, y are its pixel column and row; a DICOM file has its pixel spacing, position
+and orientation (an ultrasound file calibrated only by its ultrasound regions, without PixelSpacing, reads with
+spacing 1: that calibration is not read yet). Colour is turned to grey (luminance).
 Writes are atomic (see atomic.py): a reader never sees a half-written file.
 """
 
@@ -24,7 +26,7 @@ from lnnode.io.atomic import atomic_write
 __all__ = [
     "ImageError",
     "IMAGE_SUFFIXES",
-    "PLANAR_SUFFIXES",
+    "PHOTO_SUFFIXES",
     "is_planar",
     "image_suffix",
     "read_sitk",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-PLANAR_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")  # 2D image files (read with allow_2d)
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D pictures (read with allow_2d): pixels
 # the largest volume read (voxels); the server sets it from --conf max_image_voxels. 6e8 voxels is
 # 2.4 GB as float32: a 512 x 512 x 2000 whole-body CT fits, an absurd upload does not
 MAX_IMAGE_VOXELS = int(os.environ.get("LNNODE_MAX_IMAGE_VOXELS", "600000000"))
@@ -120,21 +122,42 @@ def is_planar(geometry: ImageGeometry) -> bool:
 
 
 def _grey(image: sitk.Image) -> sitk.Image:
-    """A colour (RGB/RGBA) 2D image as grey: luminance, ITU-R BT.601 weights (alpha dropped)."""
-    rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
-    grey = sitk.GetImageFromArray(rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+    """A colour single-frame DICOM as grey: luminance (ITU-R BT.601 weights)."""
+    pixels = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
+    grey = sitk.GetImageFromArray(pixels @ np.array([0.299, 0.587, 0.114], np.float32))
     grey.CopyInformation(image)
     return grey
 
 
+def _read_picture(path: str) -> sitk.Image:
+    """A PNG, JPEG, BMP or TIFF as a grey 2D image in pixels (spacing 1, origin 0, whatever DPI it carries): colour
+    by luminance (ITU-R BT.601), grey + alpha by its grey. Pillow reads what SimpleITK cannot (grey + alpha)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            if picture.mode in ("L", "I", "I;16", "F"):
+                pixels = np.asarray(picture, dtype=np.float32)
+            elif picture.mode == "LA":
+                pixels = np.asarray(picture.getchannel("L"), dtype=np.float32)
+            else:
+                rgb = np.asarray(picture.convert("RGB"), dtype=np.float32)
+                pixels = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(path, f"not a readable image ({str(e)[:200]})") from None
+    if pixels.ndim != 2:
+        raise ImageError(path, f"a picture of shape {pixels.shape}: one frame expected")
+    return sitk.GetImageFromArray(np.ascontiguousarray(pixels))
+
+
 def _as_one_slice(image: sitk.Image, path: str) -> sitk.Image:
+    """A 2D image (or a one-slice volume) as a grey one-slice volume."""
     if image.GetDimension() == 2:
-        if image.GetNumberOfComponentsPerPixel() in (3, 4):
-            image = _grey(image)
         image = sitk.JoinSeries(image)  # k = 0, spacing 1 along k
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1 and image.GetNumberOfComponentsPerPixel() in (3, 4):
+    one_slice = image.GetDimension() == 3 and image.GetSize()[2] == 1
+    if one_slice and image.GetNumberOfComponentsPerPixel() in (3, 4):
         image = _grey(image)  # a colour single-frame DICOM
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1 and min(image.GetSize()[:2]) < 2:
+    if one_slice and min(image.GetSize()[:2]) < 2:
         raise ImageError(path, f"has size {image.GetSize()[:2]}; a 2D image needs 2+ pixels on each side")
     return image
 
@@ -156,7 +179,10 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False, allow_2d: 
         if nonfinite and not allow_nonfinite:
             raise ImageError(p, f"{nonfinite} voxels are NaN or infinite")
     try:
-        image = _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
+        if allow_2d and p.lower().endswith(PHOTO_SUFFIXES):
+            image = _read_picture(p)
+        else:
+            image = _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
     except RuntimeError as e:
         # SimpleITK puts the useful part ("Unable to determine ImageIO reader...") in its last lines
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
@@ -188,8 +214,8 @@ def read_geometry(path: str | os.PathLike, allow_2d: bool = False) -> ImageGeome
     For an image :func:`read_sitk` accepts, this equals ``ImageGeometry.from_sitk(read_sitk(path))``.
     """
     p = str(path)
-    if allow_2d:
-        return ImageGeometry.from_sitk(read_sitk(p, allow_2d=True))  # 2D images are small: decoded
+    if allow_2d and not os.path.isdir(p) and _is_2d_header(p):
+        return ImageGeometry.from_sitk(read_sitk(p, allow_2d=True))  # a 2D image is small: decoded
     if os.path.isdir(p):
         return ImageGeometry.from_sitk(read_sitk(p))
     reader = sitk.ImageFileReader()
@@ -205,6 +231,19 @@ def read_geometry(path: str | os.PathLike, allow_2d: bool = False) -> ImageGeome
     if dim != 3:
         return ImageGeometry.from_sitk(read_sitk(p))  # refused there, with the reason
     return ImageGeometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def _is_2d_header(path: str) -> bool:
+    """A 2D image, a one-slice or a colour one, from the header (True when the header cannot be read: the
+    full read says why)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return True
+    size = reader.GetSize()
+    return reader.GetDimension() == 2 or size[2] == 1 or reader.GetNumberOfComponents() > 1
 
 
 def _check_size_and_spacing(path: str, size, spacing) -> None:

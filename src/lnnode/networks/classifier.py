@@ -226,7 +226,7 @@ class NodeClassifier2d(nn.Module):
         self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(512, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[..., 0] if x.ndim == 5 else x  # a one-slice volume's crop
+        x = x[..., 0] if x.ndim == 5 and x.shape[-1] == 1 else x  # a one-slice volume's crop
         return self.head(self.backbone(x)).squeeze(1)
 
 
@@ -275,6 +275,8 @@ def predict_logits(
     the crop's physical geometry, unlike rotations on an anisotropic source image.
     """
     crops = torch.as_tensor(crops, dtype=torch.float32)
+    if crops.ndim == 5 and crops.shape[-1] == 1:
+        crops = crops[..., 0]  # 2D crops of a one-slice volume: flipping the single slice would count twice
     flips = FLIPS_2D if crops.ndim == 4 else FLIPS
     tta = int(min(max(tta, 1), len(flips)))
     device = torch.device(device)

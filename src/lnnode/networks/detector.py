@@ -115,8 +115,9 @@ class DetectorSpec:
 
     @classmethod
     def planar(cls, in_channels: int = 1) -> DetectorSpec:
-        """The compact detector for 2D images (ultrasound, key slices) at 1 unit per pixel: nodes of about
-        8-64 pixels."""
+        """The compact detector for 2D images (ultrasound, key slices) at 1 unit per pixel: anchors of 8-16 pixels
+        on the finest feature map, 4 times that on the coarsest (nodes of about 8-64 pixels; larger ones are matched
+        less well: fit the anchors to the data, as training does)."""
         return cls(
             in_channels=in_channels,
             spacing=(1.0, 1.0),

@@ -59,9 +59,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "--shape",
         type=int,
         nargs=3,
-        default=(160, 160, 64),
+        default=None,
         metavar=("NI", "NJ", "NK"),
-        help="grid size in voxels, index order (default 160 160 64; synthetic background only)",
+        help="grid size in voxels, index order (default 160 160 64; us: 256 256 1; synthetic background only)",
     )
     parser.add_argument(
         "--spacing",
@@ -120,15 +120,18 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-tag", default="final", metavar="TAG", help="label folder under labels/ (default final)"
     )
-    parser.add_argument("--prefix", default=None, metavar="TEXT", help="case id prefix (default ct_ or mr_)")
+    parser.add_argument("--prefix", default=None, metavar="TEXT", help="case id prefix (default ct_, mr_ or us_)")
 
 
 def _run_us(args: argparse.Namespace) -> int:
     from lnnode.phantoms.ultrasound import US_SIZE, synthesize_us
 
-    shape = tuple(args.shape)
-    if shape == (160, 160, 64):  # the 3D default: the ultrasound one instead
-        shape = (*US_SIZE, 1)
+    shape = tuple(args.shape) if args.shape is not None else (*US_SIZE, 1)
+    unused = [name for name, value, default in (("--spacing", tuple(args.spacing), (2.0, 2.0, 3.0)),
+              ("--background", args.background, "synthetic"), ("--noise", args.noise, 1.0),
+              ("--center", tuple(args.center), (0.0, 0.0, 0.0))) if value != default]  # fmt: skip
+    if unused:
+        print(f"lnnode synth: note: {', '.join(unused)} do not apply to ultrasound phantoms", file=sys.stderr)
     if shape[2] != 1:
         print(f"lnnode synth: error: an ultrasound image is 2D: --shape W H 1, got {shape}", file=sys.stderr)
         return 2
@@ -154,6 +157,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     if args.modality == "us":
         return _run_us(args)
+    args.shape = tuple(args.shape) if args.shape is not None else (160, 160, 64)
 
     def report(case, seconds: float) -> None:
         g = case.geometry

@@ -11,7 +11,7 @@ What a case holds, deterministic from ``(seed, index)``:
   (lobulated, angular) margin, markedly hypo-echoic and heterogeneous, no hilum, sometimes a cystic (anechoic)
   part, posterior shadowing. Sizes overlap across the classes. About one case in seven has no node;
 * **burnt-in marks** on some cases of both classes alike: caliper crosses at the ends of a node's long axis, a text
-  block and a depth scale in the corners (what a model must learn to ignore).
+  block in the top-left corner and depth ticks along the right edge (what a model must learn to ignore).
 
 The image is written as an 8-bit grey PNG: a one-slice image whose pixel column and row are x and y in world
 coordinates (spacing 1, origin 0), so a node's box in the label is ``center`` [x, y, 0], ``size`` [w, h, 1] in
@@ -136,8 +136,9 @@ def _sample_node(shape, sector, taken, rng) -> dict | None:
         centre = (rng.uniform(0.15, 0.85) * cols, rng.uniform(0.3, 0.8) * rows)
         x0, y0 = int(round(centre[0])), int(round(centre[1]))
         reach = int(max(axes) * 1.5) + 2
-        window = (slice(max(y0 - reach, 0), y0 + reach), slice(max(x0 - reach, 0), x0 + reach))
-        if sector[window].all() and not taken[window].any() and y0 + reach < rows:
+        inside = reach <= x0 < cols - reach and reach <= y0 < rows - reach
+        window = (slice(y0 - reach, y0 + reach), slice(x0 - reach, x0 + reach))
+        if inside and sector[window].all() and not taken[window].any():
             return {"metastatic": metastatic, "centre": centre, "axes": axes, "tilt": tilt}
     return None
 
@@ -243,8 +244,9 @@ def _record(instance: int, mask: np.ndarray, spec: dict) -> dict:
         "class": "metastatic" if spec["metastatic"] else "benign",
         "center": [round(float(v), 3) for v in (*(lo + hi) / 2, 0.0)],
         "size": [round(float(v), 3) for v in (*(hi - lo), 1.0)],
-        "short_axis_px": round(2 * float(min(a, b)), 1),
-        "long_axis_px": round(2 * float(max(a, b)), 1),
+        # the drawn ellipse before its margin was perturbed: a lobulated node's mask is up to ~20 % wider
+        "nominal_short_axis_px": round(2 * float(min(a, b)), 1),
+        "nominal_long_axis_px": round(2 * float(max(a, b)), 1),
         "taller_than_wide": bool(b > a),
         "caliper": caliper,
     }

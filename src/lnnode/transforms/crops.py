@@ -84,7 +84,9 @@ def extract_planar_crops(
     offsets = (np.arange(int(size), dtype=np.float64) - (int(size) - 1) / 2.0) * float(spacing)
     di, dj = np.meshgrid(offsets / geometry.spacing[0], offsets / geometry.spacing[1], indexing="ij")
     for n, center in enumerate(centers):
-        ci, cj = geometry.world_to_index(center)[:2]
+        ci, cj, ck = geometry.world_to_index(center)
+        if abs(ck) > 0.5:
+            raise ValueError(f"centre {list(center)} lies {ck:.2f} slices off the image's plane")
         ii, jj = ci + di, cj + dj
         for c, plane in enumerate(channels):
             out[n, c] = ndimage.map_coordinates(plane, [ii, jj], order=1, mode="constant", cval=float(fill))
@@ -109,6 +111,8 @@ class NodeCropsd(MapTransform):
     ):
         super().__init__(keys, allow_missing_keys)
         self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) == 2 and self.shape[0] != self.shape[1]:
+            raise ValueError(f"a 2D crop is square, got shape {self.shape}")
         self.spacing = float(spacing)
         self.nodes_key = nodes_key
         self.fill = fill

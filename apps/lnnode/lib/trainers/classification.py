@@ -123,6 +123,9 @@ class ClassificationAUC(Metric):
         return float(roc_auc(labels.astype(int), logits))
 
 
+SPATIAL_DIMS = 3  # volumes: a 2d spec is refused by name, not by a shape error deep in training
+
+
 class NodeClassificationTrainer(LnnodeTrainTask):
     """Classifier training as a MONAI Label train task (request options in ``config``)."""
 
@@ -140,6 +143,8 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         config: dict[str, Any] | None = None,
     ):
         self.spec = spec or ClassifierSpec()
+        if self.spec.spatial_dims != SPATIAL_DIMS:
+            raise ValueError(f"{name} trains on {SPATIAL_DIMS}D crops; a {self.spec.architecture!r} spec is 2D")
         self.modality = modality
         defaults = {
             "max_epochs": 40,
@@ -223,10 +228,8 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         context.spec = ClassifierSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
-        if context.spec.spatial_dims != self.spec.spatial_dims:
-            dims = (self.spec.spatial_dims, context.spec.spatial_dims)
-            raise ValueError(f"{self.name} trains on {dims[0]}D crops; the spec given ({context.spec.architecture}) "
-                             f"is {dims[1]}D")  # fmt: skip
+        if context.spec.spatial_dims != SPATIAL_DIMS:
+            raise ValueError(f"{self.name} trains on {SPATIAL_DIMS}D crops; a {context.spec.architecture!r} spec is 2D")
         context.preprocessing = {
             "modality": self.modality,
             "intensity": DEFAULT_INTENSITY[self.modality],

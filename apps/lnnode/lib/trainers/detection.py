@@ -63,6 +63,9 @@ __all__ = ["NodeDetectionTrainer"]
 METRIC = "val_cpm"
 
 
+SPATIAL_DIMS = 3  # volumes: a 2D spec is refused by name, not by a shape error deep in training
+
+
 class NodeDetectionTrainer(LnnodeTrainTask):
     """Detection training as a MONAI Label train task (request options in ``config``)."""
 
@@ -81,6 +84,8 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         config: dict[str, Any] | None = None,
     ):
         self.spec = spec or DetectorSpec()
+        if self.spec.spatial_dims != SPATIAL_DIMS:
+            raise ValueError(f"{name} trains a {SPATIAL_DIMS}D detector; the spec given is {self.spec.spatial_dims}D")
         self.modality = modality
         defaults = {
             "max_epochs": 50,
@@ -120,9 +125,8 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         spec = DetectorSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
-        if spec.spatial_dims != self.spec.spatial_dims:
-            dims = (self.spec.spatial_dims, spec.spatial_dims)
-            raise ValueError(f"{self.name} trains a {dims[0]}D detector; the spec given is {dims[1]}D")
+        if spec.spatial_dims != SPATIAL_DIMS:
+            raise ValueError(f"{self.name} trains a {SPATIAL_DIMS}D detector; the spec given is {spec.spatial_dims}D")
         if not request.get("spec", {}).get("anchor_shapes"):
             sizes = np.asarray(
                 [n["size"] for item in context.train_datalist for n in load_label(item["label"], item["id"])["nodes"]]
