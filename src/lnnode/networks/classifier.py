@@ -178,25 +178,33 @@ def _planes(x: torch.Tensor) -> list[torch.Tensor]:
     return [p.reshape(p.shape[0], -1, p.shape[3], p.shape[4]) for p in (axial, coronal, sagittal)]
 
 
+def _resnet18_trunk(spec: ClassifierSpec, load_pretrained: bool, first_layer) -> nn.Module:
+    """torchvision's ResNet-18 without its fc layer, from ``spec.pretrained_path`` when asked. ``first_layer(rgb)``
+    gives the first convolution's weights for this input from the RGB ones (None: keep the RGB layer)."""
+    from torchvision.models import resnet18
+
+    backbone = resnet18(weights=None)
+    if load_pretrained and spec.pretrained_path:
+        _load_imagenet(backbone, spec.pretrained_path)
+    weight = first_layer(backbone.conv1.weight.detach())
+    if weight is not None:
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], 7, 2, 3, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+        backbone.conv1 = conv
+    backbone.fc = nn.Identity()
+    return backbone
+
+
 class NodeClassifier25d(nn.Module):
     """Three orthogonal slabs through a shared 2D ResNet-18; the features of the three are concatenated."""
 
     def __init__(self, spec: ClassifierSpec, load_pretrained: bool = False):
         super().__init__()
-        from torchvision.models import resnet18
-
-        backbone = resnet18(weights=None)
-        if load_pretrained and spec.pretrained_path:
-            _load_imagenet(backbone, spec.pretrained_path)
-        if spec.in_channels != 1:
-            # 3 slices x C channels: spread the (pretrained) RGB filters over the channels
-            conv = backbone.conv1
-            new = nn.Conv2d(3 * spec.in_channels, conv.out_channels, 7, 2, 3, bias=False)
-            with torch.no_grad():
-                new.weight.copy_(conv.weight.repeat(1, spec.in_channels, 1, 1) / spec.in_channels)
-            backbone.conv1 = new
-        backbone.fc = nn.Identity()
-        self.backbone = backbone
+        c = spec.in_channels
+        # 3 slices x C channels: the (pretrained) RGB filters spread over the channels
+        spread = (lambda rgb: None) if c == 1 else (lambda rgb: rgb.repeat(1, c, 1, 1) / c)
+        self.backbone = _resnet18_trunk(spec, load_pretrained, spread)
         self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(3 * 512, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,18 +219,10 @@ class NodeClassifier2d(nn.Module):
 
     def __init__(self, spec: ClassifierSpec, load_pretrained: bool = False):
         super().__init__()
-        from torchvision.models import resnet18
-
-        backbone = resnet18(weights=None)
-        if load_pretrained and spec.pretrained_path:
-            _load_imagenet(backbone, spec.pretrained_path)
-        conv = backbone.conv1
-        new = nn.Conv2d(spec.in_channels, conv.out_channels, 7, 2, 3, bias=False)
-        with torch.no_grad():  # a grey image is R = G = B: the RGB filters summed see it as ImageNet's did
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True).repeat(1, spec.in_channels, 1, 1) / spec.in_channels)
-        backbone.conv1 = new
-        backbone.fc = nn.Identity()
-        self.backbone = backbone
+        c = spec.in_channels
+        # a grey image is R = G = B: the RGB filters summed see it as ImageNet's network did
+        summed = lambda rgb: rgb.sum(1, keepdim=True).repeat(1, c, 1, 1) / c  # noqa: E731
+        self.backbone = _resnet18_trunk(spec, load_pretrained, summed)
         self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(512, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
