@@ -27,7 +27,7 @@ from lib.server import guards
 from lib.server.requests import check_known, is_upload, prepare_infer
 from lib.trainers.auto import AutoTrain
 from lnnode import __version__
-from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE
+from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D, PIPELINE, PIPELINE_2D
 from lnnode.corrections import summarise_reviews
 from lnnode.io import image as imageio
 
@@ -49,7 +49,7 @@ class LymphNodeApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="lnnode",
-            description="Lymph-node detection and metastasis classification (CT, MR)",
+            description="Lymph-node detection and metastasis classification (CT, MR; 2D: ultrasound, key slices)",
             version=__version__,
             labels=["lymph_node"],
         )
@@ -71,10 +71,14 @@ class LymphNodeApp(MONAILabelApp):
 
     def init_infers(self):
         infers = self._from_configs("infer", {})
-        if DETECTION in infers:
-            # one call for the whole chain (as the radiology app's vertebra pipeline chains its models)
-            config = infer_config(self.conf, PIPELINE_OPTIONS)
-            infers[PIPELINE] = NodePipeline(PIPELINE, infers[DETECTION], infers.get(CLASSIFICATION), config=config)
+        # one call for the whole chain (as the radiology app's vertebra pipeline chains its models)
+        config = infer_config(self.conf, PIPELINE_OPTIONS)
+        for pipeline, detection, classification in (
+            (PIPELINE, DETECTION, CLASSIFICATION),
+            (PIPELINE_2D, DETECTION_2D, CLASSIFICATION_2D),
+        ):
+            if detection in infers:
+                infers[pipeline] = NodePipeline(pipeline, infers[detection], infers.get(classification), config=config)
         return infers
 
     def init_trainers(self):

@@ -20,7 +20,7 @@ import qt
 import slicer
 import vtk
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError
-from LymphNodeReviewLib.client import CLASSIFICATION, DETECTION, describe_server
+from LymphNodeReviewLib.client import describe_server, models_for
 from LymphNodeReviewLib.review import TABLE_COLUMNS, TABLE_HEADERS, box_lps_to_ras, box_ras_to_lps
 from LymphNodeReviewLib.saliency import write_saliency_maps
 from LymphNodeReviewLib.scene import read_review, review_rois, show_review
@@ -61,6 +61,7 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.session: ReviewSession | None = None
         self.image_id: str | None = None
         self.volume = None
+        self.planar = False  # a 2D case (one slice): the server's 2D models review it
         self.sequences: list = []
         self.rois: dict = {}
         self.saliency_paths: dict = {}
@@ -109,8 +110,14 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.reset()
         self.volume = slicer.util.loadVolume(paths[0])
         self.sequences = [slicer.util.loadVolume(p) for p in paths[1:]]
+        self.planar = self.is_planar(self.volume)
         self.image_id = image_id
         return image_id
+
+    @staticmethod
+    def is_planar(volume_node) -> bool:
+        """A 2D image (ultrasound, a key slice): a volume of one slice."""
+        return volume_node.GetImageData().GetDimensions()[2] == 1
 
     def save_volume(self, volume_node, image_id: str) -> tuple[str, str]:
         """Write a volume loaded in Slicer to a temp file for upload (scene access: GUI thread)."""
@@ -129,13 +136,14 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         self.reset()
         self.image_id = self.upload(image_id, path)
         self.volume = volume_node
+        self.planar = self.is_planar(volume_node)
         return self.image_id
 
     def run(self, params: dict | None = None) -> ReviewSession:
         """Run the pipeline on the current case; returns the new review (boxes are made by show_boxes)."""
         if not self.image_id:
             raise ServerError("load a case first")
-        result = self._require_server().run_pipeline(self.image_id, params or {})
+        result = self._require_server().run_pipeline(self.image_id, params or {}, planar=self.planar)
         self.session = ReviewSession(result)
         self.saliency_paths = write_saliency_maps(result, tempfile.mkdtemp(prefix="lnnode-saliency-"))
         return self.session
@@ -166,9 +174,11 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return changed
 
     def add_box_at(self, center_ras, size_mm: float = 10.0, cls: str = "benign") -> str:
+        """A node the model missed, a ``size_mm`` cube at ``center_ras`` (on a 2D image: a square one slice thick)."""
         # boxes moved in the views but not read yet would be redrawn where they were
         self.sync_from_scene()
-        center, size = box_ras_to_lps(center_ras, [size_mm] * 3)
+        depth = self.volume.GetSpacing()[2] if self.planar and self.volume is not None else size_mm
+        center, size = box_ras_to_lps(center_ras, [size_mm, size_mm, depth])
         node_id = self.session.add(center, size, cls)
         self.show_boxes()
         return node_id
@@ -206,7 +216,7 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         """Submit (network only: any thread); optionally start training both models."""
         answer = self._require_server().submit_label(self.image_id, label)
         if train_after:
-            for model in (DETECTION, CLASSIFICATION):
+            for model in models_for(self.planar)[1:]:
                 answer.setdefault("training", {})[model] = self.server.start_training(model, {})
         return answer
 
@@ -366,6 +376,8 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillTable(self):
         session = self.logic.session
         cells = session.table() if session else []
+        self.ui.nodeTable.setHorizontalHeaderLabels(session.headers() if session else list(TABLE_HEADERS))
+        self.ui.metastaticButton.text = f"{(session.positive_class if session else 'metastatic').capitalize()} (M)"
         self.ui.nodeTable.setRowCount(len(cells))
         for r, row in enumerate(cells):
             for c, text in enumerate(row):

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lnnode.appdir import APP_DIR, DEMO_MODEL_DIR
-from lnnode.contracts import CLASSIFICATION, DETECTION, TRAINABLE
+from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D, TRAINABLE
 
 DEFAULT_MODEL_DIR = APP_DIR / "model"
 
@@ -37,10 +37,16 @@ def _add_import(sub) -> None:
         description=(
             "SOURCE holds images/<case>.<ext> (or a DICOM series folder images/<case>/) and "
             "masks/<case>.nii.gz (instance mask) or masks/<case>/<node>.nii.gz (one mask per node); "
-            "an optional classes.csv has columns case,node,class."
+            "an optional classes.csv has columns case,node,class. Or --table CSV: one row per case "
+            "(case,image,masks[,label][,group]; 2D images too, e.g. BUSI's cases.csv)."
         ),
     )
-    p.add_argument("source", help="folder with images/ and masks/")
+    p.add_argument("source", nargs="?", help="folder with images/ and masks/ (not with --table)")
+    p.add_argument(
+        "--table",
+        help="CSV with columns case,image,masks (';'-separated),label (benign|malignant|metastatic|normal),group; "
+        "paths relative to the CSV",
+    )
     p.add_argument("--studies", required=True, help="studies folder to write (created if missing)")
     p.add_argument("--classes", help="CSV with columns case,node,class (default: SOURCE/classes.csv if present)")
     p.add_argument(
@@ -56,7 +62,14 @@ def _add_import(sub) -> None:
 
 def _run_import(args) -> int:
     from lnnode.data.importer import import_dataset
+    from lnnode.data.table import import_table
 
+    if (args.source is None) == (args.table is None):
+        raise ValueError("give SOURCE (images/ + masks/) or --table CSV, not both")
+    if args.table:
+        report = import_table(args.table, args.studies, overwrite=args.overwrite, reviewer=args.reviewer)
+        print(report.summary())
+        return 0 if report.cases else 1
     report = import_dataset(
         args.source,
         args.studies,
@@ -89,7 +102,11 @@ def _add_train(sub) -> None:
     p.add_argument("--patches", type=int, default=4, help="detector: patches per image per step")
     p.add_argument("--batch-size", type=int, help="classifier: node crops per step (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--modality", choices=["ct", "mr"], default="ct", help="intensity normalisation (new models)")
+    p.add_argument(
+        "--modality",
+        choices=["ct", "mr", "us"],
+        help="intensity normalisation of a new model (default: ct; us for the 2D models)",
+    )
     p.add_argument(
         "--spec",
         help="JSON of DetectorSpec / ClassifierSpec fields for a new model, e.g. '{\"fpn_channels\": 48}' or "
@@ -153,15 +170,23 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--criterion", choices=["iou", "center"], default="iou", help="hit criterion (default: iou)")
     p.add_argument("--iou", type=float, default=0.1, help="IoU threshold of the iou criterion (default 0.1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--2d",
+        dest="planar",
+        action="store_true",
+        help="the served 2D models by default (lymph_node_*_2d) and the 2D images of STUDIES; a --model "
+        "checkpoint says its kind itself",
+    )
     p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
     from lnnode.evaluation import evaluate_classification, evaluate_studies
 
+    detection, classification = (DETECTION_2D, CLASSIFICATION_2D) if args.planar else (DETECTION, CLASSIFICATION)
     if args.task == "classification":
-        classifier = args.model or _served_model(args.model_dir, CLASSIFICATION)
-        detector = None if args.no_stage else args.detector or _served_model(args.model_dir, DETECTION)
+        classifier = args.model or _served_model(args.model_dir, classification)
+        detector = None if args.no_stage else args.detector or _served_model(args.model_dir, detection)
         report = evaluate_classification(
             args.studies, classifier, args.out, args.label_tag, detector, args.device, n_boot=args.bootstrap
         )
@@ -173,7 +198,7 @@ def _run_evaluate(args) -> int:
             )
         print(f"wrote {Path(args.out) / 'classification.json'}, roc.png and reliability.png")
         return 0
-    model = args.model or _served_model(args.model_dir, DETECTION)
+    model = args.model or _served_model(args.model_dir, detection)
     metrics = evaluate_studies(
         args.studies, model, args.out, args.label_tag, args.criterion, args.iou, device=args.device
     )
@@ -195,9 +220,9 @@ def _served_model(model_dir: str, name: str) -> str:
 def _add_demo_weights(sub) -> None:
     p = sub.add_parser(
         "demo-weights",
-        help="regenerate a shipped demo model (phantoms, fixed seeds, CPU)",
-        description="Writes phantoms to a work folder, trains the model from scratch with fixed seeds and "
-        "writes apps/lnnode/model/demo/<model>.pt (or to --out).",
+        help="regenerate a shipped demo model (phantoms, fixed seeds, CPU; the 2D models: BUSI)",
+        description="Writes phantoms to a work folder (the 2D models: imports BUSI, --data), trains the model from "
+        "scratch with fixed seeds and writes apps/lnnode/model/demo/<model>.pt (or to --out).",
     )
     p.add_argument("--model", choices=TRAINABLE, default=DETECTION, help="which model (default: the detector)")
     p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
@@ -205,13 +230,16 @@ def _add_demo_weights(sub) -> None:
     p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 80 classifier)")
     p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 30 classifier)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data", help="2D models: the BUSI folder (cases.csv, images/, masks/; default ../shared/...)")
     p.set_defaults(run=_run_demo_weights)
 
 
 def _run_demo_weights(args) -> int:
     from lnnode.training import make_demo_weights
 
-    path, stats = make_demo_weights(args.work, args.out, args.cases, args.epochs, args.device, model=args.model)
+    path, stats = make_demo_weights(
+        args.work, args.out, args.cases, args.epochs, args.device, model=args.model, data=args.data
+    )
     metric = f"{stats.get('key_metric_name')} {stats.get('best_metric')}"
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); validation {metric}")
     return 0

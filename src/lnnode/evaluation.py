@@ -1,4 +1,8 @@
-"""``lnnode evaluate``: run the detection infer task on labelled images and write metrics + plots."""
+"""``lnnode evaluate``: run the detection infer task on labelled images and write metrics + plots.
+
+A 2D model (its checkpoint says so) is evaluated on the studies folder's 2D images, with the 2D measurement and
+rules (:mod:`lnnode.measure.planar`); a volume model on its volumes.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,26 @@ from typing import Any
 import numpy as np
 
 from lnnode.appdir import app_module
-from lnnode.contracts import CLASSIFICATION, DETECTION, PIPELINE
+from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D, PIPELINE, PIPELINE_2D
 from lnnode.io.atomic import atomic_write_text
+from lnnode.io.checkpoint import load_checkpoint
+from lnnode.io.image import pixel_spacing_known
 from lnnode.measure.delineation import measure_node
-from lnnode.measure.rules import n_stage_hint, node_rules
+from lnnode.measure.planar import measure_lesion
+from lnnode.measure.rules import n_stage_hint, node_rules, planar_rules
 from lnnode.metrics.classification import classification_report, cohen_kappa, plot_reliability, plot_roc
 from lnnode.metrics.detection import FP_RATES, evaluate_detection
+from lnnode.networks.classifier import ClassifierSpec
+from lnnode.networks.detector import DetectorSpec
 from lnnode.transforms import LoadVolumed, load_label
 
-__all__ = ["detect_studies", "evaluate_studies", "plot_froc"]
+__all__ = ["detect_studies", "evaluate_studies", "plot_froc", "is_planar_model"]
+
+
+def is_planar_model(path: str | os.PathLike, task: str) -> bool:
+    """Whether a checkpoint holds a 2D model (``task``: detection or classification)."""
+    spec = DetectorSpec if task == "detection" else ClassifierSpec
+    return spec.from_dict(load_checkpoint(path, task=task).meta["network"]).spatial_dims == 2
 
 
 def _manifest_short_axes(studies: Path, case: str, n_nodes: int) -> list[float] | None:
@@ -49,9 +64,11 @@ def detect_studies(
     """
     studies = Path(studies)
     datastore = app_module("datastore").LnnodeDatastore(str(studies))
-    task = app_module("infers").NodeDetection("lymph_node_detection", [model], config={"device": device})
+    planar = is_planar_model(model, "detection")
+    name = DETECTION_2D if planar else DETECTION
+    task = app_module("infers").NodeDetection(name, [model], config={"device": device}, planar=planar)
     cases = []
-    for item in app_module("trainers.datalist").labelled_datalist(datastore, label_tag):
+    for item in app_module("trainers.datalist").labelled_datalist(datastore, label_tag, planar=planar):
         start = time.perf_counter()
         _, result = task({"image": item["image"], "image_id": item["id"], "device": device, **params})
         latency = time.perf_counter() - start
@@ -151,18 +168,20 @@ class _NodeScores:
 
     y: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    rules: dict[str, list] = field(default_factory=lambda: {"size_10mm": [], "morphology": []})
+    rules: dict[str, list] = field(default_factory=dict)
     errors: list[tuple[float, str]] = field(default_factory=list)  # (short-axis error mm, shape source)
     true_stages: list[str | None] = field(default_factory=list)
     hinted_stages: list[str] = field(default_factory=list)
 
-    def add_case(self, gt: list[dict], predicted: list[dict], measured: list, truth: list[dict]) -> None:
-        for i, (node, p, m) in enumerate(zip(gt, predicted, measured, strict=True)):
+    def add_case(
+        self, gt: list[dict], predicted: list[dict], measured: list, rules: list[dict], truth: list[dict]
+    ) -> None:
+        for i, (node, p, m, r) in enumerate(zip(gt, predicted, measured, rules, strict=True)):
             self.y.append(int(node["class"] == "metastatic"))
             self.scores.append(p["p_metastasis"])
-            for rule, value in node_rules(m).items():
-                self.rules[rule].append(value)
-            if m is not None and len(truth) == len(gt):
+            for rule, value in r.items():
+                self.rules.setdefault(rule, []).append(value)
+            if m is not None and len(truth) == len(gt) and hasattr(m, "short_axis_mm"):
                 # real ULS23 outlines carry their mask's file name as the source
                 source = truth[i].get("features", {}).get("shape_source") or "unknown"
                 source = source if source in ("synthetic", "unknown") else "real"
@@ -186,27 +205,36 @@ def evaluate_classification(
     """
     studies = Path(studies)
     infers = app_module("infers")
-    classify = infers.NodeClassification(CLASSIFICATION, [classifier], config={"device": device})
+    planar = is_planar_model(classifier, "classification")
+    names = (CLASSIFICATION_2D, DETECTION_2D, PIPELINE_2D) if planar else (CLASSIFICATION, DETECTION, PIPELINE)
+    config = {"device": device}
+    classify = infers.NodeClassification(names[0], [classifier], config=config, planar=planar)
     modality = classify.checkpoint().meta["preprocessing"].get("modality", "ct")
     pipeline = None
     if detector:
-        detect = infers.NodeDetection(DETECTION, [detector], config={"device": device})
-        pipeline = infers.NodePipeline(PIPELINE, detect, classify)
+        detect = infers.NodeDetection(names[1], [detector], config=config, planar=planar)
+        pipeline = infers.NodePipeline(names[2], detect, classify)
     manifest = _manifest_cases(studies)
     gathered, cases = _NodeScores(), []
     datastore = app_module("datastore").LnnodeDatastore(str(studies))
-    for item in app_module("trainers.datalist").labelled_datalist(datastore, label_tag):
+    for item in app_module("trainers.datalist").labelled_datalist(datastore, label_tag, planar=planar):
         gt = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in ("benign", "metastatic")]
         if not gt:
             continue
         cases.append(item["id"])
         request = {"image": item["image"], "image_id": item["id"], "device": device}
-        loaded = LoadVolumed(keys="image")({"image": item["image"]})
+        loaded = LoadVolumed(keys="image", allow_2d=planar)({"image": item["image"]})
         volume, geometry = loaded["image"], loaded["image_geometry"]
         predicted = classify.result_for({**request, "nodes": gt}, volume, geometry)["nodes"]
-        measured = [measure_node(volume[0], geometry, n["center"], n["size"], modality) for n in gt]
+        if planar:
+            in_mm = pixel_spacing_known(item["image"] if isinstance(item["image"], str) else item["image"][0])
+            measured = [measure_lesion(volume[0], geometry, n["center"], n["size"]) for n in gt]
+            rules = [planar_rules(m, in_mm) for m in measured]
+        else:
+            measured = [measure_node(volume[0], geometry, n["center"], n["size"], modality) for n in gt]
+            rules = [node_rules(m) for m in measured]
         truth = sorted(manifest.get(item["id"], {}).get("nodes", []), key=lambda n: n.get("instance", 0))
-        gathered.add_case(gt, predicted, measured, truth)
+        gathered.add_case(gt, predicted, measured, rules, truth)
         if pipeline is not None:
             gathered.true_stages.append(_true_stage(gt))
             gathered.hinted_stages.append(pipeline.result_for(request)["summary"]["n_stage_hint"])

@@ -14,7 +14,7 @@ from typing import Any
 from monai.utils import set_determinism
 
 from lnnode.appdir import DEMO_MODEL_DIR, app_module
-from lnnode.contracts import CLASSIFICATION, DETECTION
+from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D
 from lnnode.io.checkpoint import load_checkpoint, save_checkpoint
 from lnnode.networks.classifier import ClassifierSpec
 from lnnode.networks.detector import DetectorSpec
@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEMO_SYNTH", "DEMO_REAL", "train_model", "train_detector", "train_classifier", "make_demo_weights"]
 
-# model -> (the app's train task, spec class, checkpoint task, key metric)
+# model -> (the app's train task, default spec, checkpoint task, key metric, 2D)
 _MODELS = {
-    DETECTION: ("NodeDetectionTrainer", DetectorSpec, "detection", "val_cpm"),
-    CLASSIFICATION: ("NodeClassificationTrainer", ClassifierSpec, "classification", "val_auc"),
+    DETECTION: ("NodeDetectionTrainer", DetectorSpec, "detection", "val_cpm", False),
+    CLASSIFICATION: ("NodeClassificationTrainer", ClassifierSpec, "classification", "val_auc", False),
+    DETECTION_2D: ("NodeDetectionTrainer", DetectorSpec.planar, "detection", "val_cpm", True),
+    CLASSIFICATION_2D: ("NodeClassificationTrainer", ClassifierSpec.planar, "classification", "val_auc", True),
 }
 
 # the demo models' training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
@@ -37,7 +39,15 @@ DEMO_REAL_SHARE = 0.25
 # the classifier sees node crops only: more cases (more nodes), smaller volumes
 DEMO_CLASSIFIER_SYNTH: dict[str, Any] = {**DEMO_SYNTH, "seed": 17, "shape": (160, 160, 48)}
 DEMO_CLASSIFIER_REAL: dict[str, Any] = {**DEMO_REAL, "seed": 18}
-DEMO_DEFAULTS = {DETECTION: {"cases": 32, "epochs": 60}, CLASSIFICATION: {"cases": 80, "epochs": 30}}
+DEMO_DEFAULTS = {
+    DETECTION: {"cases": 32, "epochs": 60},
+    CLASSIFICATION: {"cases": 80, "epochs": 30},
+    DETECTION_2D: {"epochs": 40},
+    CLASSIFICATION_2D: {"epochs": 40},
+}
+# the 2D demo models learn from real ultrasound: all of BUSI (breast lesions, a proxy for nodes)
+DEMO_2D_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "busi"
+DEMO_2D_POSITIVE = "malignant"
 
 
 def train_model(
@@ -50,16 +60,18 @@ def train_model(
     val_split: float = 0.2,
     learning_rate: float = 1e-3,
     device: str = "cpu",
-    modality: str = "ct",
+    modality: str | None = None,
     spec: dict[str, Any] | None = None,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``studies`` and publish to ``model_dir``; returns the train stats."""
+    """Train ``model`` on ``studies`` and publish to ``model_dir``; returns the train stats. ``modality``: of a new
+    model (default ``ct``; ``us`` for the 2D models)."""
     if model not in _MODELS:
         raise ValueError(f"unknown model {model!r}; trainable: {', '.join(_MODELS)}")
-    trainer_name, spec_cls, _, _ = _MODELS[model]
+    trainer_name, default_spec, _, _, planar = _MODELS[model]
     trainer_cls = getattr(app_module("trainers"), trainer_name)
+    base = default_spec()
     set_determinism(seed)
     model_path = Path(model_dir) / f"{model}.pt"
     demo = DEMO_MODEL_DIR / f"{model}.pt"
@@ -68,8 +80,9 @@ def train_model(
         model_dir=str(model_dir),
         publish_path=str(model_path),
         served_paths=[str(demo), str(model_path)],
-        spec=spec_cls.from_dict({**spec_cls().to_dict(), **(spec or {})}),
-        modality=modality,
+        spec=type(base).from_dict({**base.to_dict(), **(spec or {})}),
+        modality=modality or ("us" if planar else "ct"),
+        planar=planar,
     )
     request = {
         "max_epochs": epochs,
@@ -106,10 +119,14 @@ def make_demo_weights(
     epochs: int | None = None,
     device: str = "cpu",
     model: str = DETECTION,
+    data: str | os.PathLike | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Regenerate a shipped demo model: phantoms with fixed seeds, training from scratch."""
+    """Regenerate a shipped demo model: phantoms with fixed seeds, training from scratch (the 2D models: all of
+    the BUSI folder ``data``)."""
     from lnnode.phantoms import synthesize
 
+    if _MODELS[model][4]:
+        return _make_planar_demo_weights(Path(work) / model, out, epochs, device, model, data)
     cases = cases or DEMO_DEFAULTS[model]["cases"]
     epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
     synth, real = (DEMO_SYNTH, DEMO_REAL) if model == DETECTION else (DEMO_CLASSIFIER_SYNTH, DEMO_CLASSIFIER_REAL)
@@ -139,6 +156,43 @@ def make_demo_weights(
             f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
         ),
         "validation": {metric: stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
+    }
+    target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
+    return target, stats
+
+
+def _make_planar_demo_weights(
+    work: Path, out: str | os.PathLike, epochs: int | None, device: str, model: str, data: str | os.PathLike | None
+) -> tuple[Path, dict[str, Any]]:
+    from lnnode.data.table import import_table
+
+    busi = Path(data) if data else DEMO_2D_DATA
+    if not (busi / "cases.csv").exists():
+        raise FileNotFoundError(f"{busi}: no cases.csv; the 2D demo models are trained on BUSI (pass --data busi/)")
+    epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
+    studies, model_dir = work / "studies", work / "model"
+    for folder in (studies, model_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+    report = import_table(busi / "cases.csv", studies)
+    extra: dict[str, Any] = {"publish": "always", "patches_per_image": 2}
+    if model == CLASSIFICATION_2D:
+        extra.update(positive_class=DEMO_2D_POSITIVE, train_batch_size=32)
+    stats = train_model(model, studies, model_dir, epochs=epochs, init="scratch", val_split=0.15, device=device,
+                        extra=extra)  # fmt: skip
+    if stats.get("status") != "published":
+        raise RuntimeError(f"demo training did not publish a model: {stats.get('reason')}")
+    task, metric = _MODELS[model][2], _MODELS[model][3]
+    checkpoint = load_checkpoint(model_dir / f"{model}.pt", task=task)
+    checkpoint.meta["training"]["demo"] = {
+        "command": f"lnnode demo-weights --model {model} --epochs {epochs} --data <busi>",
+        "data": f"BUSI real breast ultrasound ({len(report.cases)} images: benign and malignant lesions, normal "
+        "images); breast lesions, not lymph nodes: a real-ultrasound proxy, not clinical data",
+        "validation": {
+            metric: stats.get("best_metric"),
+            "epoch": stats.get("best_metric_epoch"),
+            "split": "15 % of the images by near-duplicate group",
+        },  # fmt: skip
     }
     target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
     return target, stats

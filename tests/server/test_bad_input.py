@@ -46,7 +46,6 @@ def bad_images(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "spacing_zero": (mha(d / "zero.mha", (16, 16, 8), (0, 0, 0)), "spacing"),
         "spacing_1e6": (mha(d / "huge.mha", (16, 16, 8), (1e6, 1e6, 1e6)), "spacing"),
         "zero_size_axis": (mha(d / "flat.mha", (16, 16, 0), (1, 1, 1), data=b""), "size"),
-        "two_d": (mha(d / "slice.mha", (16, 16), (1, 1)), "3d"),
         "four_d_3_frames": (mha(d / "frames.mha", (16, 16, 8, 3), (1, 1, 1, 1)), "4d"),
         "three_channels": (mha(d / "rgb.mha", (16, 16, 8), (1, 1, 1), channels=3), "components"),
         "over_size_limit": (mha(d / "big.mha", (128, 128, 64), (1, 1, 1)), "over the limit"),
@@ -68,6 +67,11 @@ def test_bad_images_labels_and_requests_are_refused_in_words(start_server, bad_i
         assert words in str(body).lower(), (name, body)
     status, ds = server.request("GET", "/datastore/?output=all")
     assert sorted(ds["objects"]) == ["ct_000"], "nothing bad was stored"
+    # a 2D image is an image (ultrasound, a key slice): stored, and the volume pipeline names the 2D one
+    status, body = put_image(server, "a_slice", mha(tmp_path / "slice.mha", (16, 16), (1, 1)))
+    assert status == 200, body
+    status, body = server.request("POST", "/infer/lymph_node_pipeline?image=a_slice")
+    assert status == 422 and "lymph_node_pipeline_2d" in body["detail"], body
 
     # labels: oversized, not JSON, for an image that does not exist, a box outside the image
     good = json.loads((studies / "labels" / "truth" / "ct_000.json").read_text())

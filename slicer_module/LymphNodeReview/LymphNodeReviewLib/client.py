@@ -15,10 +15,14 @@ import urllib.request
 import uuid
 from typing import Any
 
-from .schema import CLASSIFICATION, DETECTION, PIPELINE
+from .schema import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D, PIPELINE, PIPELINE_2D
 
-__all__ = ["LymphNodeServer", "ServerError", "PIPELINE", "DETECTION", "CLASSIFICATION"]
+__all__ = ["LymphNodeServer", "ServerError", "PIPELINE", "DETECTION", "CLASSIFICATION", "models_for"]
 
+
+def models_for(planar: bool) -> tuple[str, str, str]:
+    """(pipeline, detector, classifier) of volumes, or of 2D images with ``planar``."""
+    return (PIPELINE_2D, DETECTION_2D, CLASSIFICATION_2D) if planar else (PIPELINE, DETECTION, CLASSIFICATION)
 
 
 class ServerError(RuntimeError):
@@ -114,15 +118,16 @@ class LymphNodeServer:
         return path
 
     def upload_image(self, path: str, image_id: str) -> str:
-        """Add a local image file to the datastore (the server checks it is a 3D volume)."""
+        """Add a local image file to the datastore (the server checks it is a volume or a 2D image)."""
         with open(path, "rb") as f:
             body, content_type = _multipart({"params": "{}"}, {"file": (os.path.basename(path), f.read())})
         return self._json("PUT", f"/datastore/image?image={self._q(image_id)}", body, content_type)["image"]
 
-    def run_pipeline(self, image_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``lymph_node_pipeline`` on a datastore image: the result contract (validated by the caller)."""
+    def run_pipeline(self, image_id: str, params: dict[str, Any] | None = None, planar: bool = False) -> dict[str, Any]:
+        """``lymph_node_pipeline`` (``_2d`` with ``planar``) on a datastore image: the result contract (validated by
+        the caller)."""
         body, content_type = _multipart({"params": json.dumps(params or {})}, {})
-        path = f"/infer/{PIPELINE}?image={self._q(image_id)}&output=json"
+        path = f"/infer/{models_for(planar)[0]}?image={self._q(image_id)}&output=json"
         return self._json("POST", path, body, content_type)
 
     def submit_label(self, image_id: str, label: dict[str, Any], tag: str = "final") -> dict[str, Any]:

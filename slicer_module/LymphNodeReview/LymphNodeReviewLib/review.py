@@ -1,7 +1,10 @@
 """A reader's review of one case: the model's nodes, what the reader did to each, and the label it makes.
 
 All boxes here are world LPS millimetres (the contracts' convention); the module converts to RAS
-for Slicer's ROI nodes with :func:`box_lps_to_ras` / :func:`box_ras_to_lps`. Every change is one
+for Slicer's ROI nodes with :func:`box_lps_to_ras` / :func:`box_ras_to_lps`. A 2D case (ultrasound, a key
+slice) is reviewed the same way: its boxes are one slice thick; a picture without a pixel spacing is measured
+in pixels, and a model trained on another positive class (``positive_class``, e.g. malignant) is shown with
+that class's name (the label still says ``metastatic`` for the positive class: the contract's word). Every change is one
 step on an undo stack. The whole state round-trips through JSON (:meth:`ReviewSession.to_json`), so
 the module can keep it in the scene and nothing is lost when the server is down.
 """
@@ -34,9 +37,10 @@ __all__ = [
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 # the node table's columns, left to right (keys of ReviewNode.row()), and their headers: what the reader
 # decides on first (the panel is narrow: the rest scrolls)
-TABLE_COLUMNS = ("id", "status", "class", "p_metastasis", "short_axis_mm", "long_axis_mm", "uncertainty",
+TABLE_COLUMNS = ("id", "status", "class", "p_metastasis", "short_axis", "long_axis", "uncertainty",
                  "size_rule", "morphology_rule")  # fmt: skip
 TABLE_HEADERS = ("node", "status", "class", "p(met)", "short mm", "long mm", "uncert.", "size rule", "morphology")
+POSITIVE = "metastatic"  # the label contract's positive class
 
 
 def box_lps_to_ras(center: Sequence[float], size: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -70,6 +74,8 @@ class ReviewNode:
     detection_score: float | None = None
     short_axis_mm: float | None = None
     long_axis_mm: float | None = None
+    short_axis_px: float | None = None  # a 2D picture without a pixel spacing
+    long_axis_px: float | None = None
     rules: dict[str, str] = field(default_factory=dict)
     model_center: list[float] | None = None
     model_size: list[float] | None = None
@@ -87,17 +93,18 @@ class ReviewNode:
     def relabelled(self) -> bool:
         return self.origin == "model" and self.model_cls is not None and self.cls != self.model_cls
 
-    def row(self) -> dict[str, Any]:
-        """What the module's table shows for this node."""
+    def row(self, positive: str = POSITIVE) -> dict[str, Any]:
+        """What the module's table shows for this node (the positive class under the name ``positive``)."""
+        in_mm = self.short_axis_px is None
         return {
             "id": self.id,
             "p_metastasis": self.p_metastasis,
             "uncertainty": self.uncertainty,
-            "short_axis_mm": self.short_axis_mm,
-            "long_axis_mm": self.long_axis_mm,
+            "short_axis": self.short_axis_mm if in_mm else self.short_axis_px,
+            "long_axis": self.long_axis_mm if in_mm else self.long_axis_px,
             "size_rule": self.rules.get("size_10mm"),
             "morphology_rule": self.rules.get("morphology"),
-            "class": self.cls,
+            "class": positive if self.cls == POSITIVE else self.cls,
             "status": self.status + (" (moved)" if self.moved else "") + (" (relabelled)" if self.relabelled else ""),
         }
 
@@ -112,6 +119,8 @@ class ReviewSession:
     def __init__(self, result: dict[str, Any], p_thresh: float = 0.5):
         self.result = validate_result(copy.deepcopy(result))
         self.image_id: str = self.result["image"]
+        self.positive_class: str = self.result.get("positive_class", POSITIVE)
+        self.in_pixels = any("short_axis_px" in n for n in self.result["nodes"])
         self.p_thresh = p_thresh
         self.nodes: list[ReviewNode] = []
         for n in self.result["nodes"]:
@@ -122,6 +131,7 @@ class ReviewSession:
                     id=n["id"], center=list(n["center"]), size=list(n["size"]), cls=cls, p_metastasis=p,
                     uncertainty=n.get("uncertainty"), detection_score=n.get("detection_score"),
                     short_axis_mm=n.get("short_axis_mm"), long_axis_mm=n.get("long_axis_mm"),
+                    short_axis_px=n.get("short_axis_px"), long_axis_px=n.get("long_axis_px"),
                     rules=dict(n.get("rules", {})), model_center=list(n["center"]), model_size=list(n["size"]),
                     model_cls=cls,
                 )
@@ -137,7 +147,13 @@ class ReviewSession:
         raise KeyError(f"no node {node_id!r} in this review")
 
     def rows(self) -> list[dict[str, Any]]:
-        return [n.row() for n in self.nodes]
+        return [n.row(self.positive_class) for n in self.nodes]
+
+    def headers(self) -> list[str]:
+        """The table's headers for this case: the positive class's name, the axes' unit."""
+        unit = "px" if self.in_pixels else "mm"
+        named = {"p(met)": f"p({self.positive_class[:3]})", "short mm": f"short {unit}", "long mm": f"long {unit}"}
+        return [named.get(h, h) for h in TABLE_HEADERS]
 
     def table(self) -> list[list[str]]:
         """The node table's cells as text, in ``TABLE_COLUMNS`` order."""
@@ -229,7 +245,7 @@ class ReviewSession:
             if n.status == PENDING and not include_pending:
                 continue
             if n.cls is None:
-                raise ValueError(f"node {n.id} has no class: mark it metastatic or benign before submitting")
+                raise ValueError(f"node {n.id} has no class: mark it {self.positive_class} or benign before submitting")
             entry: dict[str, Any] = {"center": n.center, "size": n.size, "class": n.cls, "origin": n.origin}
             if n.origin == "model":
                 entry["from_node"] = n.id

@@ -32,7 +32,11 @@ __all__ = [
     "DETECTION",
     "CLASSIFICATION",
     "PIPELINE",
+    "DETECTION_2D",
+    "CLASSIFICATION_2D",
+    "PIPELINE_2D",
     "TRAINABLE",
+    "POSITIVE_CLASS",
     "BOX_TOLERANCE_MM",
     "ContractError",
     "validate_label",
@@ -56,7 +60,14 @@ STAGE_HINTS = ("N0", "N1", "N2")
 DETECTION = "lymph_node_detection"
 CLASSIFICATION = "lymph_node_classification"
 PIPELINE = "lymph_node_pipeline"
-TRAINABLE = (DETECTION, CLASSIFICATION)
+# the same three for 2D images (ultrasound, key slices)
+DETECTION_2D = DETECTION + "_2d"
+CLASSIFICATION_2D = CLASSIFICATION + "_2d"
+PIPELINE_2D = PIPELINE + "_2d"
+TRAINABLE = (DETECTION, CLASSIFICATION, DETECTION_2D, CLASSIFICATION_2D)
+# what a label's "metastatic" and a result's p_metastasis mean unless the result names another positive class
+# (a model trained on malignant vs benign breast lesions says "malignant")
+POSITIVE_CLASS = "metastatic"
 # a box counts as moved or resized when a centre coordinate or a size changes by more than this (mm);
 # rounding in a viewer's round trip (LPS <-> RAS, JSON) stays far below it
 BOX_TOLERANCE_MM = 0.5
@@ -267,12 +278,17 @@ def _result_node(x: Any, path: str) -> None:
             "uncertainty": _number(0.0),
             "short_axis_mm": _number(0.0),
             "long_axis_mm": _number(0.0),
+            # a 2D image without a pixel spacing (a PNG, JPEG) is measured in pixels
+            "short_axis_px": _number(0.0),
+            "long_axis_px": _number(0.0),
             "rules": _map_of(_one_of(RULE_VALUES)),
             "saliency": _string,
         },
     )
-    if "short_axis_mm" in x and "long_axis_mm" in x and x["short_axis_mm"] > x["long_axis_mm"] + 1e-6:
-        raise ContractError(_join(path, "short_axis_mm"), "must not exceed long_axis_mm")
+    for unit in ("mm", "px"):
+        short, long = f"short_axis_{unit}", f"long_axis_{unit}"
+        if short in x and long in x and x[short] > x[long] + 1e-6:
+            raise ContractError(_join(path, short), f"must not exceed {long}")
 
 
 def _model_names(x: Any, path: str) -> None:
@@ -308,7 +324,7 @@ def validate_result(result: Any) -> dict:
             "nodes": _list_of(_result_node),
             "summary": _summary,
         },
-        optional={"latencies": _map_of(_number(0.0)), "warnings": _list_of(_string)},
+        optional={"latencies": _map_of(_number(0.0)), "warnings": _list_of(_string), "positive_class": _string},
     )
     ids = [n["id"] for n in result["nodes"]]
     for i, node_id in enumerate(ids):

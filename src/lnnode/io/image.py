@@ -27,7 +27,9 @@ __all__ = [
     "ImageError",
     "IMAGE_SUFFIXES",
     "PHOTO_SUFFIXES",
+    "PLANAR_SUFFIXES",
     "is_planar",
+    "pixel_spacing_known",
     "image_suffix",
     "read_sitk",
     "read_image",
@@ -41,6 +43,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D pictures (read with allow_2d): pixels
+PLANAR_SUFFIXES = (*PHOTO_SUFFIXES, ".dcm")  # files that hold a 2D image (a .dcm file: one frame)
 # the largest volume read (voxels); the server sets it from --conf max_image_voxels. 6e8 voxels is
 # 2.4 GB as float32: a 512 x 512 x 2000 whole-body CT fits, an absurd upload does not
 MAX_IMAGE_VOXELS = int(os.environ.get("LNNODE_MAX_IMAGE_VOXELS", "600000000"))
@@ -61,9 +64,9 @@ class ImageError(ValueError):
 
 
 def image_suffix(path: str | os.PathLike) -> str:
-    """The image suffix of a file name (``.nii.gz`` counts as one), or '' for a folder / unknown."""
+    """The image suffix of a file name (``.nii.gz`` counts as one; 2D files' too), or '' for a folder / unknown."""
     name = os.path.basename(str(path)).lower()
-    for s in IMAGE_SUFFIXES:
+    for s in (*IMAGE_SUFFIXES, *PLANAR_SUFFIXES):
         if name.endswith(s):
             return s
     return ""
@@ -231,6 +234,24 @@ def read_geometry(path: str | os.PathLike, allow_2d: bool = False) -> ImageGeome
     if dim != 3:
         return ImageGeometry.from_sitk(read_sitk(p))  # refused there, with the reason
     return ImageGeometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def pixel_spacing_known(path: str | os.PathLike) -> bool:
+    """Whether an image's spacing is a calibration (mm): not for a picture (PNG, JPEG...: pixels), nor for a DICOM
+    file without PixelSpacing or ImagerPixelSpacing (an ultrasound file calibrated by its regions only)."""
+    p = str(path)
+    if p.lower().endswith(PHOTO_SUFFIXES):
+        return False
+    if os.path.isdir(p) or image_suffix(p) in IMAGE_SUFFIXES:
+        return True  # NIfTI, NRRD, MetaImage and DICOM series carry their spacing
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(p)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    keys = set(reader.GetMetaDataKeys())
+    return bool(keys & {"0028|0030", "0018|1164"})  # PixelSpacing, ImagerPixelSpacing
 
 
 def _is_2d_header(path: str) -> bool:

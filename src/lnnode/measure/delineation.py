@@ -28,7 +28,15 @@ from scipy import ndimage
 from lnnode.geometry import ImageGeometry, box_world_to_index, index_box_to_slices
 from lnnode.measure.axes import AxialMeasurement, measure_axial, z_axis_of
 
-__all__ = ["NodeMeasurement", "delineate_node", "measure_node", "ROUND_RATIO", "IRREGULAR_SOLIDITY", "HETEROGENEOUS"]
+__all__ = [
+    "NodeMeasurement",
+    "delineate_node",
+    "measure_node",
+    "section_solidity",
+    "ROUND_RATIO",
+    "IRREGULAR_SOLIDITY",
+    "HETEROGENEOUS",
+]
 
 # Morphology thresholds (documented in docs/classification.md): a node is "round" when its short/long
 # axis ratio is at least 0.8; its border is "irregular" when the mean solidity of its axial
@@ -85,7 +93,7 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def _solidity(mask2d: np.ndarray) -> float | None:
+def section_solidity(mask2d: np.ndarray) -> float | None:
     """Area over convex-hull area of an axial section (voxel corners as the hull's points)."""
     if mask2d.sum() < 12:
         return None
@@ -199,7 +207,7 @@ def _features(
     mask = occupancy >= 0.5
     ratio = axial.short_axis_mm / max(axial.long_axis_mm, 1e-6)
     az = z_axis_of(g)
-    sections = [_solidity(np.take(mask, k, axis=az)) for k in range(mask.shape[az])]
+    sections = [section_solidity(np.take(mask, k, axis=az)) for k in range(mask.shape[az])]
     sections = [s for s in sections if s is not None]
     solidity = float(np.mean(sections)) if sections else 1.0
     interior = ndimage.binary_erosion(mask, iterations=1)

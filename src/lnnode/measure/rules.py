@@ -6,6 +6,14 @@
   with at least two; >= 9 mm always.
 
 Without a measurement (no delineation) both rules say ``indeterminate``.
+
+On a 2D image (ultrasound), from the pipeline's own delineation, as a reader describes a lesion or node there:
+
+* ``shape``: not oval (round, short/long axis >= 0.8, or irregular) is suspicious;
+* ``orientation``: taller than wide (deeper than across) is suspicious;
+* ``margin``: not circumscribed (solidity < 0.9) is suspicious;
+* ``size_10mm``: as above, where the pixel spacing is known (``indeterminate`` on a picture in pixels);
+* ``morphology``: suspicious when any of shape, orientation and margin is.
 """
 
 from __future__ import annotations
@@ -13,8 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from lnnode.contracts import STAGE_HINTS
+from lnnode.measure.delineation import IRREGULAR_SOLIDITY, ROUND_RATIO
 
-__all__ = ["size_rule", "morphology_rule", "node_rules", "n_stage_hint"]
+__all__ = ["size_rule", "morphology_rule", "node_rules", "planar_rules", "n_stage_hint", "PLANAR_RULES"]
+
+PLANAR_RULES = ("shape", "orientation", "margin", "size_10mm", "morphology")
 
 SUSPICIOUS, NOT_SUSPICIOUS, INDETERMINATE = "suspicious", "not_suspicious", "indeterminate"
 
@@ -49,6 +60,25 @@ def node_rules(measurement: Any | None) -> dict[str, str]:
             f.get("heterogeneous", False),
         ),
     }
+
+
+def _category(suspicious: bool) -> str:
+    return SUSPICIOUS if suspicious else NOT_SUSPICIOUS
+
+
+def planar_rules(measurement: Any | None, spacing_known: bool) -> dict[str, str]:
+    """The 2D rules for a :class:`lnnode.measure.planar.LesionMeasurement` (None: all indeterminate)."""
+    if measurement is None:
+        return dict.fromkeys(PLANAR_RULES, INDETERMINATE)
+    irregular = measurement.solidity < IRREGULAR_SOLIDITY
+    rules = {
+        "shape": _category(measurement.axis_ratio >= ROUND_RATIO or irregular),
+        "orientation": _category(measurement.taller_than_wide),
+        "margin": _category(irregular),
+        "size_10mm": size_rule(measurement.short_axis) if spacing_known else INDETERMINATE,
+    }
+    rules["morphology"] = _category(SUSPICIOUS in (rules["shape"], rules["orientation"], rules["margin"]))
+    return rules
 
 
 def n_stage_hint(n_suspicious: int) -> str:

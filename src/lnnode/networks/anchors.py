@@ -16,7 +16,7 @@ __all__ = ["centred_iou", "anchor_coverage", "design_anchor_shapes"]
 
 
 def centred_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of centred boxes given by sizes: a (N, 3) vs b (M, 3) -> (N, M)."""
+    """IoU of centred boxes given by sizes: a (N, D) vs b (M, D) -> (N, M)."""
     a = np.asarray(a, dtype=float)[:, None, :]
     b = np.asarray(b, dtype=float)[None, :, :]
     inter = np.prod(np.minimum(a, b), axis=-1)
@@ -40,11 +40,12 @@ def anchor_coverage(sizes: np.ndarray, base: np.ndarray, scales: Sequence[float]
 def design_anchor_shapes(
     sizes: np.ndarray, n_shapes: int = 3, scales: Sequence[float] = (1, 2, 4), iterations: int = 100
 ) -> list[list[int]]:
-    """Base anchor shapes (integer voxels, ``n_shapes`` x 3) for node box ``sizes`` (N, 3) in voxels.
+    """Base anchor shapes (integer voxels, ``n_shapes`` x D) for node box ``sizes`` (N, D) in voxels (D = 3, or 2 for
+    a 2D detector).
 
     Deterministic: initialised from volume quantiles of the nodes.
     """
-    s = np.asarray(sizes, dtype=float).reshape(-1, 3)
+    s = np.atleast_2d(np.asarray(sizes, dtype=float))
     s = s[np.all(s > 0, axis=1)]
     if len(s) < n_shapes:
         raise ValueError(f"need at least {n_shapes} node sizes to design anchors, got {len(s)}")

@@ -13,6 +13,8 @@ that every checkpoint carries:
   downloaded) and trains from scratch without one.
 * ``2d``: for 2D images (ultrasound, key slices): a 2D ResNet-18 on the node-centred crop, from the same
   optional local ImageNet weights (their RGB filters summed for a grey crop).
+* ``2d_compact``: for 2D images too, a small 2D ResNet (one residual block per ``widths`` entry), trained from
+  scratch: about a tenth of ResNet-18's weights (the shipped 2D demo model).
 
 Crops are ``(C, X, Y, Z)`` on a world-aligned grid (LPS axes), see ``transforms/crops.py``; a ``2d``
 crop is ``(C, X, Y)`` (or ``(C, X, Y, 1)``: a one-slice volume's).
@@ -34,6 +36,7 @@ __all__ = [
     "NodeClassifier3d",
     "NodeClassifier25d",
     "NodeClassifier2d",
+    "NodeClassifier2dCompact",
     "build_classifier_network",
     "predict_logits",
     "grad_cam",
@@ -42,7 +45,7 @@ __all__ = [
 ]
 
 
-ARCHITECTURES = ("3d", "2.5d", "2d")
+ARCHITECTURES = ("3d", "2.5d", "2d", "2d_compact")
 
 
 @dataclass
@@ -50,13 +53,16 @@ class ClassifierSpec:
     """Everything needed to rebuild a classifier and feed it as it was trained."""
 
     in_channels: int = 1
-    architecture: str = "3d"  # "3d", "2.5d" or "2d" (2D images)
+    architecture: str = "3d"  # "3d", "2.5d"; 2D images: "2d" (ResNet-18) or "2d_compact"
     crop_mm: float = 48.0  # edge of the cubic crop, mm
     crop_spacing: float = 1.0  # mm per crop voxel
-    widths: tuple[int, ...] = (16, 32, 64)  # 3d: channels per stage (each stage halves the size)
+    widths: tuple[int, ...] = (16, 32, 64)  # 3d, 2d_compact: channels per stage (each stage halves the size)
     attention: bool = True  # 3d: coordinate attention after each stage
     dropout: float = 0.2
     pretrained_path: str = ""  # 2.5d: local torchvision ResNet-18 ImageNet weights (optional)
+    # 2D: > 0 makes a crop's side this many times the node box's larger in-plane side (at least crop_mm), resampled
+    # to the crop's pixels: lesions of 20 to 600 pixels (ultrasound) all fill the crop with some surroundings
+    box_scale: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,18 +82,41 @@ class ClassifierSpec:
             raise ValueError(f"crop of {self.crop_mm} mm at {self.crop_spacing} mm is not a usable crop")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.box_scale = float(self.box_scale)
+        if self.box_scale < 0 or (self.box_scale and self.spatial_dims != 2):
+            raise ValueError(f"box_scale must be >= 0 and is for 2D crops only, got {self.box_scale}")
 
     @property
     def spatial_dims(self) -> int:
-        return 2 if self.architecture == "2d" else 3
+        return 2 if self.architecture.startswith("2d") else 3
 
     @property
     def crop_shape(self) -> tuple[int, ...]:
         n = int(round(self.crop_mm / self.crop_spacing))
         return (n,) * self.spatial_dims
 
+    def crop_spacing_for(self, extent: float) -> float:
+        """Crop pixel spacing for a node whose box's larger in-plane side is ``extent`` (see ``box_scale``)."""
+        if not self.box_scale:
+            return self.crop_spacing
+        return max(self.crop_mm, self.box_scale * float(extent)) / self.crop_shape[0]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def planar(cls, in_channels: int = 1) -> ClassifierSpec:
+        """The compact classifier for 2D images: 64 x 64 crops of 1.5 times the box's larger side (at least 96 units:
+        pixels on a picture)."""
+        return cls(
+            in_channels=in_channels,
+            architecture="2d_compact",
+            crop_mm=96.0,
+            crop_spacing=1.5,
+            box_scale=1.5,
+            widths=(24, 48, 96, 192),
+            attention=False,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierSpec:
@@ -122,19 +151,22 @@ class CoordinateAttention3d(nn.Module):
 
 
 class _ResBlock3d(nn.Module):
+    conv, norm = nn.Conv3d, nn.BatchNorm3d
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
+        conv, norm = self.conv, self.norm
         self.body = nn.Sequential(
-            nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm3d(cout),
+            conv(cin, cout, 3, stride=stride, padding=1, bias=False),
+            norm(cout),
             nn.ReLU(inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
-            nn.BatchNorm3d(cout),
+            conv(cout, cout, 3, padding=1, bias=False),
+            norm(cout),
         )
         self.skip = (
             nn.Identity()
             if cin == cout and stride == 1
-            else nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout))
+            else nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +199,30 @@ class NodeClassifier3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.nn.functional.adaptive_avg_pool3d(self.features(x), 1)).squeeze(1)
+
+
+class _ResBlock2d(_ResBlock3d):
+    conv, norm = nn.Conv2d, nn.BatchNorm2d
+
+
+class NodeClassifier2dCompact(nn.Module):
+    """Stem + one 2D residual block per width (stride 2 each) -> pooled -> logit, on (B, C, X, Y) crops."""
+
+    def __init__(self, spec: ClassifierSpec):
+        super().__init__()
+        w0 = spec.widths[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.in_channels, w0, 3, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True)
+        )
+        widths = (w0, *spec.widths)
+        self.stages = nn.Sequential(
+            *(_ResBlock2d(a, b, stride=2) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(spec.dropout), nn.Linear(widths[-1], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., 0] if x.ndim == 5 and x.shape[-1] == 1 else x  # a one-slice volume's crop
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1)).squeeze(1)
 
 
 def _planes(x: torch.Tensor) -> list[torch.Tensor]:
@@ -251,6 +307,8 @@ def build_classifier_network(spec: ClassifierSpec, load_pretrained: bool = False
         return NodeClassifier3d(spec)
     if spec.architecture == "2d":
         return NodeClassifier2d(spec, load_pretrained=load_pretrained)
+    if spec.architecture == "2d_compact":
+        return NodeClassifier2dCompact(spec)
     return NodeClassifier25d(spec, load_pretrained=load_pretrained)
 
 

@@ -115,16 +115,17 @@ class DetectorSpec:
 
     @classmethod
     def planar(cls, in_channels: int = 1) -> DetectorSpec:
-        """The compact detector for 2D images (ultrasound, key slices) at 1 unit per pixel: anchors of 8-16 pixels
-        on the finest feature map, 4 times that on the coarsest (nodes of about 8-64 pixels; larger ones are matched
-        less well: fit the anchors to the data, as training does)."""
+        """The compact detector for 2D images (ultrasound, key slices), on every 4th image pixel (the spacing of a 2D
+        spec counts image pixels, see :mod:`lnnode.transforms.planar`): 512-pixel training patches, 768-pixel
+        windows, for lesions and nodes of about 30 to 600 pixels on images of 400 to 1000 (training fits the
+        anchors to the data)."""
         return cls(
             in_channels=in_channels,
-            spacing=(1.0, 1.0),
+            spacing=(4.0, 4.0),
             conv1_size=(7, 7),
             conv1_stride=(2, 2),
             anchor_shapes=((8, 8), (12, 10), (16, 12)),
-            roi_size=(256, 256),
+            roi_size=(192, 192),
             patch_size=(128, 128),
         )
 

@@ -10,6 +10,7 @@ from lnnode.transforms.boxes import (
     suppress_nested,
 )
 from lnnode.transforms.intensity import BODY_THRESHOLD, DEFAULT_INTENSITY, NormalizeIntensityd, normalize_intensity
+from lnnode.transforms.planar import PlaneGridd, nodes_to_planar_boxes, planar_boxes_to_nodes, plane_grid
 from lnnode.transforms.spatial import CropToBodyd, LoadVolumed, ResampleToGridd, body_box, grid_for, resample_to_grid
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "LabelToBoxesd",
     "LoadVolumed",
     "NormalizeIntensityd",
+    "PlaneGridd",
     "RandFocusCropd",
     "ResampleToGridd",
     "body_box",
@@ -27,7 +29,10 @@ __all__ = [
     "grid_for",
     "load_label",
     "nodes_to_boxes",
+    "nodes_to_planar_boxes",
     "normalize_intensity",
+    "planar_boxes_to_nodes",
+    "plane_grid",
     "resample_to_grid",
     "suppress_nested",
 ]

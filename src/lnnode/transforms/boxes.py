@@ -80,7 +80,7 @@ class LabelToBoxesd(MapTransform):
     Writes ``boxes`` (N, 6) float32, ``box_labels`` (N,) int64 (one class: lymph node),
     ``box_weights`` (N,) float32 and ``rejected_boxes`` (M, 6) float32 (the reader's rejected false
     positives, hard negatives for training). A node the reader added, moved or relabelled gets
-    ``changed_weight``; other nodes 1.
+    ``changed_weight``; other nodes 1. ``planar``: a 2D model's boxes, (N, 4) and (M, 4).
     """
 
     def __init__(
@@ -88,11 +88,13 @@ class LabelToBoxesd(MapTransform):
         keys: KeysCollection,
         grid_key: str = "grid",
         changed_weight: float = 1.0,
+        planar: bool = False,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         self.grid_key = grid_key
         self.changed_weight = float(changed_weight)
+        self.columns = [0, 1, 3, 4] if planar else list(range(6))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -100,13 +102,13 @@ class LabelToBoxesd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key] if isinstance(d[key], dict) else load_label(d[key])
             nodes = label["nodes"]
-            d["boxes"] = nodes_to_boxes(nodes, grid)
+            d["boxes"] = nodes_to_boxes(nodes, grid)[:, self.columns]
             d["box_labels"] = np.zeros(len(nodes), dtype=np.int64)
             d["box_weights"] = np.asarray(
                 [self.changed_weight if n.get("origin") == "added" or n.get("edited") else 1.0 for n in nodes],
                 dtype=np.float32,
             )
-            d["rejected_boxes"] = nodes_to_boxes(label.get("rejected", []), grid)
+            d["rejected_boxes"] = nodes_to_boxes(label.get("rejected", []), grid)[:, self.columns]
             d[key] = label
         return d
 
@@ -155,13 +157,14 @@ class RandFocusCropd(Randomizable, MapTransform):
         pass
 
     def _targets(self, d: Mapping[Hashable, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Centres (K, 3) in voxels and their sampling weights (K,)."""
-        rejected = np.asarray(d.get(self.rejected_key, np.zeros((0, 6))), dtype=float).reshape(-1, 6)
-        boxes = np.asarray(d[self.box_key], dtype=float).reshape(-1, 6)
+        """Centres (K, 3) in voxels (K, 2 on a 2D image) and their sampling weights (K,)."""
+        n = 2 * (np.ndim(d[self.image_key]) - 1)  # box columns: 6 on a volume, 4 on a 2D image
+        rejected = np.asarray(d.get(self.rejected_key, np.zeros((0, n))), dtype=float).reshape(-1, n)
+        boxes = np.asarray(d[self.box_key], dtype=float).reshape(-1, n)
         weights = np.asarray(d.get(self.weight_key, np.ones(len(boxes))), dtype=float).reshape(-1)
         changed = weights > 1.0
         focus = np.concatenate([rejected, boxes[changed]])
-        centres = (focus[:, :3] + focus[:, 3:]) / 2
+        centres = (focus[:, : n // 2] + focus[:, n // 2 :]) / 2
         w = np.concatenate([np.full(len(rejected), self.rejected_weight), weights[changed]])
         return centres, w
 
@@ -178,11 +181,11 @@ class RandFocusCropd(Randomizable, MapTransform):
         out = []
         for _ in range(self.num_samples):
             centre = centres[self.R.choice(len(centres), p=weights / weights.sum())]
-            centre = centre + self.R.uniform(-self.jitter, self.jitter, 3) * size
+            centre = centre + self.R.uniform(-self.jitter, self.jitter, len(size)) * size
             start = np.clip(np.round(centre - size / 2).astype(int), 0, shape - size)
             end = start + size
             sample = dict(d)
-            sample[self.image_key] = image[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
+            sample[self.image_key] = image[(slice(None), *(slice(a, b) for a, b in zip(start, end, strict=True)))]
             boxes, keep = spatial_crop_boxes(np.asarray(d[self.box_key]), start, end, remove_empty=True)
             sample[self.box_key] = boxes
             sample[self.label_key] = np.asarray(d[self.label_key])[np.asarray(keep, dtype=bool)]

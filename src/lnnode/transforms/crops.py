@@ -22,7 +22,7 @@ from scipy import ndimage
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import array_to_sitk
 
-__all__ = ["crop_geometry", "extract_crops", "extract_planar_crops", "NodeCropsd"]
+__all__ = ["crop_geometry", "extract_crops", "extract_planar_crops", "in_plane_extent", "NodeCropsd"]
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -63,17 +63,25 @@ def extract_crops(
     return out
 
 
+def in_plane_extent(geometry: ImageGeometry, size: Sequence[float]) -> float:
+    """The larger side, along the image's columns or rows, of a world box ``size`` on a 2D image (axis-aligned
+    planes: the box's sides along i and j)."""
+    along_index = np.abs(geometry.direction_matrix).T @ np.asarray(size, dtype=float)
+    return float(max(along_index[0], along_index[1]))
+
+
 def extract_planar_crops(
     image: np.ndarray,
     geometry: ImageGeometry,
     centers: Sequence[Sequence[float]],
     size: int,
-    spacing: float,
+    spacing: float | Sequence[float],
     fill: float = 0.0,
 ) -> np.ndarray:
     """Crops (N, C, size, size) float32 of a 2D image ((C, i, j, 1), (C, i, j) or (i, j)) around world
     ``centers``, in the image's plane: crop axis 0 runs along the image's columns (i), axis 1 along its rows (j),
-    ``spacing`` (the pixel spacing's units) per crop pixel; bilinear, ``fill`` outside the image."""
+    ``spacing`` (the pixel spacing's units; one per centre, or one for all) per crop pixel; bilinear, ``fill``
+    outside the image. A coarse crop is smoothed first (speckle would alias)."""
     if geometry.shape[2] != 1:
         raise ValueError(f"a planar crop needs a one-slice image, got shape {geometry.shape}")
     channels = np.asarray(image, dtype=np.float32)
@@ -81,23 +89,29 @@ def extract_planar_crops(
         channels = channels[..., 0]  # (C, i, j, 1) or (i, j, 1): the plane
     channels = channels[None] if channels.ndim == 2 else channels
     out = np.empty((len(centers), channels.shape[0], int(size), int(size)), dtype=np.float32)
-    offsets = (np.arange(int(size), dtype=np.float64) - (int(size) - 1) / 2.0) * float(spacing)
-    di, dj = np.meshgrid(offsets / geometry.spacing[0], offsets / geometry.spacing[1], indexing="ij")
-    for n, center in enumerate(centers):
+    spacings = np.broadcast_to(np.asarray(spacing, dtype=float), (len(centers),))
+    unit = np.arange(int(size), dtype=np.float64) - (int(size) - 1) / 2.0
+    smoothed: dict[float, np.ndarray] = {}
+    for n, (center, step) in enumerate(zip(centers, spacings, strict=True)):
         ci, cj, ck = geometry.world_to_index(center)
         if abs(ck) > 0.5:
             raise ValueError(f"centre {list(center)} lies {ck:.2f} slices off the image's plane")
-        ii, jj = ci + di, cj + dj
-        for c, plane in enumerate(channels):
-            out[n, c] = ndimage.map_coordinates(plane, [ii, jj], order=1, mode="constant", cval=float(fill))
+        di, dj = np.meshgrid(unit * step / geometry.spacing[0], unit * step / geometry.spacing[1], indexing="ij")
+        sigma = np.maximum(step / np.asarray(geometry.spacing[:2]) - 1.0, 0.0) / 2.0
+        key = round(float(sigma.max()), 1)
+        if key not in smoothed:
+            smoothed[key] = np.stack([ndimage.gaussian_filter(p, sigma) if key else p for p in channels])
+        for c, plane in enumerate(smoothed[key]):
+            out[n, c] = ndimage.map_coordinates(plane, [ci + di, cj + dj], order=1, mode="constant", cval=float(fill))
     return out
 
 
 class NodeCropsd(MapTransform):
     """Replace the (C, i, j, k) image under ``keys`` by crops (N, C, X, Y, Z) around ``data[nodes_key]``;
-    a two-value ``shape`` crops a 2D image in its plane: (N, C, X, Y).
+    a two-value ``shape`` crops a 2D image in its plane: (N, C, X, Y), at ``spacing`` or, with ``spacing_for``
+    (a function of a node box's larger in-plane side), at a spacing per node.
 
-    ``{key}_geometry`` must hold the image geometry. Nodes are dicts with a world ``center``.
+    ``{key}_geometry`` must hold the image geometry. Nodes are dicts with a world ``center`` (and ``size``).
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class NodeCropsd(MapTransform):
         spacing: float,
         nodes_key: str = "nodes",
         fill: float = 0.0,
+        spacing_for=None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
@@ -116,6 +131,7 @@ class NodeCropsd(MapTransform):
         self.spacing = float(spacing)
         self.nodes_key = nodes_key
         self.fill = fill
+        self.spacing_for = spacing_for
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -123,7 +139,11 @@ class NodeCropsd(MapTransform):
         for key in self.key_iterator(d):
             geometry = d[f"{key}_geometry"]
             if len(self.shape) == 2:
-                d[key] = extract_planar_crops(d[key], geometry, centers, self.shape[0], self.spacing, self.fill)
+                spacing = self.spacing
+                if self.spacing_for is not None:
+                    nodes = d[self.nodes_key]
+                    spacing = [self.spacing_for(in_plane_extent(geometry, n["size"])) for n in nodes]
+                d[key] = extract_planar_crops(d[key], geometry, centers, self.shape[0], spacing, self.fill)
             else:
                 d[key] = extract_crops(d[key], geometry, centers, self.shape, self.spacing, self.fill)
         return d

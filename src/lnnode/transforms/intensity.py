@@ -2,7 +2,8 @@
 
 * CT: a fixed HU window mapped to [0, 1] (``{"kind": "ct_window", "window": [lo, hi]}``);
 * MR: robust per-image scaling, the given percentiles of the body voxels mapped to [0, 1]
-  (``{"kind": "percentile", "lower": 0.5, "upper": 99.5}``), since MR has no absolute units.
+  (``{"kind": "percentile", "lower": 0.5, "upper": 99.5}``), since MR has no absolute units;
+* ultrasound (2D): the same per-image scaling (gain and depth settings change the grey levels).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["DEFAULT_INTENSITY", "BODY_THRESHOLD", "normalize_intensity", "Normal
 DEFAULT_INTENSITY: dict[str, dict[str, Any]] = {
     "ct": {"kind": "ct_window", "window": [-200.0, 300.0]},
     "mr": {"kind": "percentile", "lower": 0.5, "upper": 99.5},
+    "us": {"kind": "percentile", "lower": 0.5, "upper": 99.5},
 }
 
 # On a normalised image, air and MR background sit at (or just above) 0: above this is the body

@@ -74,11 +74,13 @@ class LoadVolumed(MapTransform):
     """Read the image path(s) under ``keys`` into a float32 (C, i, j, k) array and its geometry.
 
     Several paths (co-registered sequences, e.g. T2 + DWI) become channels; sequences on another
-    grid than the first are resampled onto it. The geometry goes to ``{key}_geometry``.
+    grid than the first are resampled onto it. The geometry goes to ``{key}_geometry``. ``allow_2d``: a 2D
+    image too, as a one-slice volume (:func:`lnnode.io.image.read_image`).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, allow_2d: bool = False, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
+        self.allow_2d = allow_2d
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -90,7 +92,7 @@ class LoadVolumed(MapTransform):
             channels = []
             geometry = None
             for path in paths:
-                array, g = read_image(path, require_content=True)
+                array, g = read_image(path, require_content=True, allow_2d=self.allow_2d)
                 if geometry is None:
                     geometry = g
                 elif g != geometry:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from monailabel.interfaces.config import TaskConfig
 
-from lnnode.contracts import CLASSIFICATION, DETECTION
+from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D
 
 from .base import infer_config
-from .classification import NodeClassificationConfig
-from .detection import NodeDetectionConfig
+from .classification import NodeClassification2dConfig, NodeClassificationConfig
+from .detection import NodeDetection2dConfig, NodeDetectionConfig
 
 # --conf options of the pipeline (documented in docs/reference.md): conf key -> request param
 PIPELINE_OPTIONS = {
@@ -30,6 +30,8 @@ def task_configs() -> dict[str, type[TaskConfig]]:
     return {
         DETECTION: NodeDetectionConfig,
         CLASSIFICATION: NodeClassificationConfig,
+        DETECTION_2D: NodeDetection2dConfig,
+        CLASSIFICATION_2D: NodeClassification2dConfig,
     }
 
 

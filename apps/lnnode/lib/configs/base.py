@@ -28,21 +28,25 @@ class CheckpointTaskConfig(TaskConfig):
     infer_class: ClassVar[type]
     trainer_class: ClassVar[type]
     infer_options: ClassVar[dict[str, str]]  # --conf key -> request param (documented in docs/reference.md)
+    planar: ClassVar[bool] = False  # a model of 2D images (``*_2d``)
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.path = model_paths(model_dir, name, kwargs.get("demo_dir"))
 
     def infer(self):
-        return self.infer_class(self.name, self.path, config=infer_config(self.conf, self.infer_options))
+        config = infer_config(self.conf, self.infer_options)
+        return self.infer_class(self.name, self.path, config=config, planar=self.planar)
 
     def trainer(self):
         config = {"device": self.conf["device"]} if self.conf.get("device") else {}
+        modality = self.conf.get("modality_2d", "us") if self.planar else self.conf.get("modality", "ct")
         return self.trainer_class(
             self.name,
             model_dir=self.model_dir,
             publish_path=self.path[-1],
             served_paths=self.path,
-            modality=self.conf.get("modality", "ct"),
+            modality=modality,
+            planar=self.planar,
             config=config,
         )

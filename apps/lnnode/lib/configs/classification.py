@@ -1,4 +1,5 @@
-"""TaskConfig of ``lymph_node_classification``: metastasis probability per given box (and its trainer)."""
+"""TaskConfigs of ``lymph_node_classification`` and ``lymph_node_classification_2d``: metastasis probability per
+given box (and its trainer), on volumes and on 2D images."""
 
 from __future__ import annotations
 
@@ -11,3 +12,7 @@ class NodeClassificationConfig(CheckpointTaskConfig):
     infer_class = NodeClassification
     trainer_class = NodeClassificationTrainer
     infer_options = {"classification_tta": "tta", "device": "device", "amp": "amp"}
+
+
+class NodeClassification2dConfig(NodeClassificationConfig):
+    planar = True

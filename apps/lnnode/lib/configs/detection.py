@@ -1,4 +1,5 @@
-"""TaskConfig of ``lymph_node_detection``: the detector's infer task (and its trainer)."""
+"""TaskConfigs of ``lymph_node_detection`` and ``lymph_node_detection_2d``: the detector's infer task (and its
+trainer), for volumes and for 2D images."""
 
 from __future__ import annotations
 
@@ -17,3 +18,7 @@ class NodeDetectionConfig(CheckpointTaskConfig):
         "device": "device",
         "amp": "amp",
     }
+
+
+class NodeDetection2dConfig(NodeDetectionConfig):
+    planar = True

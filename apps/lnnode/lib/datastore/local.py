@@ -6,7 +6,8 @@ What it adds to the stock datastore:
   (``datastore_v2.json``, manifests) are not images;
 * image ids and label tags are checked, so no request can read or write outside the studies folder
   (stock MONAI Label 0.8.5 writes ``PUT /datastore/?image=../../x`` outside it);
-* uploads are checked before anything is stored: an image must be a readable 3D volume, a label
+* uploads are checked before anything is stored: an image must be a readable 3D volume or 2D image (PNG,
+  JPEG, a single-frame DICOM file, a 2D NIfTI/NRRD), a label
   JSON must pass the contract (the ``original`` tag holds model results, every other tag reviews),
   and its boxes must lie in the image; the client gets a 4xx naming the problem;
 * a Slicer markups JSON of ROI boxes (what the stock MONAI Label Slicer plugin saves for a detection
@@ -19,7 +20,9 @@ What it adds to the stock datastore:
   and a write from a stale copy would drop the others' changes (a label's info, an image's scores);
 * a reviewed label (any tag but ``original``) is compared with the model's ``original`` result of
   the case, and what the reader changed is kept in its info (``review``, see :mod:`lnnode.corrections`);
-* unknown ids answer 404 instead of 500.
+* unknown ids answer 404 instead of 500;
+* ``groups.csv`` (``image,group``, written by ``lnnode import --table``) gives images their ``group``: one patient's
+  or near-duplicate images stay on one side of a training run's validation split.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from lnnode.contracts import ContractError, check_label_in_image, dumps, ids, parse_label, parse_result
 from lnnode.contracts.markups import is_markups, label_from_markups
 from lnnode.corrections import review_stats
+from lnnode.data.table import GROUPS_FILE, read_groups
 from lnnode.geometry import ImageGeometry
 from lnnode.io.atomic import TEMP_DIR_NAME, atomic_copy, atomic_write_text
 from lnnode.io.image import ImageError, image_suffix, read_geometry, read_image, read_sitk
@@ -48,7 +52,7 @@ from ..server.errors import NotFound, RequestError, Unprocessable
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
+IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png", "*.jpg", "*.jpeg", "*.dcm")  # 2D: the last four
 LABEL_PATTERNS = (*IMAGE_PATTERNS, "*.json")
 HISTORY_DIR = ".history"
 MAX_LABEL_JSON_BYTES = 5_000_000  # a review of even thousands of nodes is far smaller
@@ -187,7 +191,7 @@ class LnnodeDatastore(LocalDatastore):
         return obj
 
     def _image_geometry(self, image_id: str) -> ImageGeometry:
-        return read_geometry(self.get_image_uri(image_id))  # the header is enough
+        return read_geometry(self.get_image_uri(image_id), allow_2d=True)  # the header is enough
 
     # -- images -------------------------------------------------------------------------------------
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
@@ -201,7 +205,7 @@ class LnnodeDatastore(LocalDatastore):
         check_name(image_id, "image id")
         info = _info_object(image_info)
         try:
-            read_image(image_filename, require_content=True)
+            read_image(image_filename, require_content=True, allow_2d=True)
         except ImageError as e:
             raise Unprocessable(f"image {image_id!r} was not stored: {e.reason}") from None
 
@@ -247,9 +251,23 @@ class LnnodeDatastore(LocalDatastore):
         return self._inside(super().get_image_uri(image_id), f"image {image_id!r}")
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """The image's info; ``group`` from the folder's ``groups.csv`` (``lnnode import --table``) unless the info
+        has its own (an upload's ``group`` param)."""
         self._reload_if_changed()
         self._object(image_id)
-        return super().get_image_info(image_id)
+        info = super().get_image_info(image_id)
+        group = self._groups().get(image_id)
+        return {"group": group, **info} if group else info
+
+    def _groups(self) -> dict[str, str]:
+        path = os.path.join(self._datastore_path, GROUPS_FILE)
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            return {}
+        if getattr(self, "_groups_cache", (None,))[0] != stamp:
+            self._groups_cache = (stamp, read_groups(self._datastore_path))
+        return self._groups_cache[1]
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         self._object(image_id)
@@ -315,7 +333,7 @@ class LnnodeDatastore(LocalDatastore):
                 raise Unprocessable(f"{kind} for {image_id!r} was not stored: {e}") from None
             return
         try:
-            label = read_sitk(label_filename)
+            label = read_sitk(label_filename, allow_2d=True)
         except ImageError as e:
             raise Unprocessable(f"label for {image_id!r} was not stored: {e.reason}") from None
         geometry = self._image_geometry(image_id)

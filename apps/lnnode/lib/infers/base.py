@@ -5,6 +5,9 @@ answer 503 with what to do, and a bad image gets a 4xx naming the problem (the s
 A newly published checkpoint is picked up on the next request (the file's mtime is checked); within one
 request the checkpoint is resolved once and every step uses that one (:meth:`CheckpointInferTask.pinned`),
 so a model published mid-request cannot mix old preprocessing with new weights.
+
+A task serves volumes or, with ``planar``, 2D images (one-slice volumes); an image of the other kind is a 422
+that names the model to send it to (:class:`CheckImageKindd`), and so is a checkpoint of the other kind.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from torch import nn
@@ -26,14 +30,45 @@ from torch import nn
 from lnnode.contracts import ContractError, validate_result
 from lnnode.geometry import ImageGeometry
 from lnnode.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from lnnode.io.image import ImageError
+from lnnode.io.image import ImageError, is_planar
 
 from ..server.errors import ModelNotReady, Unprocessable
 from .keys import IMAGE, IMAGE_GEOMETRY, RESULT, SKIP_WRITER
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointInferTask"]
+__all__ = ["CheckpointInferTask", "CheckImageKindd", "counterpart", "image_kind_error"]
+
+PLANAR_SUFFIX = "_2d"
+
+
+def counterpart(name: str) -> str:
+    """The model of the other kind: ``lymph_node_detection`` <-> ``lymph_node_detection_2d``."""
+    return name[: -len(PLANAR_SUFFIX)] if name.endswith(PLANAR_SUFFIX) else name + PLANAR_SUFFIX
+
+
+def image_kind_error(name: str, planar: bool, geometry: ImageGeometry) -> Unprocessable | None:
+    """The 422 for an image the model ``name`` (2D with ``planar``) does not read, else None."""
+    if is_planar(geometry) == planar:
+        return None
+    kind = "a 2D image (one slice)" if is_planar(geometry) else f"a volume of {geometry.shape[2]} slices"
+    reads = "2D images" if planar else "volumes"
+    return Unprocessable(f"the image is {kind}; {name} reads {reads}: send it to {counterpart(name)}")
+
+
+class CheckImageKindd(MapTransform):
+    """Refuse (422) an image under ``key`` that the model does not read: a 2D image sent to a volume model or
+    a volume to a 2D model, naming the model to use."""
+
+    def __init__(self, name: str, planar: bool, key: str = IMAGE):
+        super().__init__(keys=[key])
+        self.name, self.planar, self.key = name, planar, key
+
+    def __call__(self, data):
+        error = image_kind_error(self.name, self.planar, data[f"{self.key}_geometry"])
+        if error is not None:
+            raise error
+        return data
 
 
 class CheckpointInferTask(BasicInferTask):
@@ -49,6 +84,7 @@ class CheckpointInferTask(BasicInferTask):
         description: str,
         config: dict[str, Any] | None = None,
         labels: Sequence[str] = ("lymph_node",),
+        planar: bool = False,
     ):
         # several paths: the last existing one is served (trained model over the shipped demo weights)
         super().__init__(
@@ -56,12 +92,13 @@ class CheckpointInferTask(BasicInferTask):
             network=None,
             type=type,
             labels=list(labels),
-            dimension=3,
+            dimension=2 if planar else 3,
             description=description,
             config=config,
             load_strict=True,
         )
         self.name = name
+        self.planar = planar
         self._checkpoint: tuple[str, int, Checkpoint] | None = None
         # the checkpoint of the request in progress, per thread (concurrent requests each pin their own)
         self._pinned: contextvars.ContextVar[Checkpoint | None] = contextvars.ContextVar(f"{name}_ckpt", default=None)
@@ -102,9 +139,19 @@ class CheckpointInferTask(BasicInferTask):
             checkpoint = load_checkpoint(path, task=self.checkpoint_task)
         except CheckpointError as e:
             raise ModelNotReady(f"model {self.name!r} is unusable: {e}") from None
+        dims = self.spatial_dims(checkpoint)
+        if dims != (2 if self.planar else 3):
+            raise ModelNotReady(
+                f"model {self.name!r}: {path} holds a {dims}D model; serve it as {counterpart(self.name)}"
+            )
         self._checkpoint = (path, mtime, checkpoint)
         self._networks.clear()
         return checkpoint
+
+    @staticmethod
+    @abstractmethod
+    def spatial_dims(checkpoint: Checkpoint) -> int:
+        """2 or 3: what the checkpoint's network reads."""
 
     @abstractmethod
     def build_network(self, checkpoint: Checkpoint) -> nn.Module:

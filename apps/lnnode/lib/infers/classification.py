@@ -5,6 +5,11 @@ an ``id``; the nodes of a detection result can be sent back as they are). Each n
 world-aligned isotropic grid around its centre, classified under flips of the crop (test-time
 augmentation), and the logits are divided by the temperature fitted on the validation set at
 training. ``p_metastasis`` is the mean probability over the flips, ``uncertainty`` their spread.
+
+``lymph_node_classification_2d`` is the same task on 2D images: crops in the image's plane, left-right flips
+only by default (an ultrasound image's depth axis has a direction: shadows fall below a lesion). Its
+checkpoint names the positive class it was trained on (``classes``: [negative, positive]); the result says
+it as ``positive_class`` when it is not ``metastatic``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from monai.transforms import MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from lnnode.contracts import ContractError, check_label_in_image, validate_query_nodes
+from lnnode.contracts import POSITIVE_CLASS, ContractError, check_label_in_image, validate_query_nodes
 from lnnode.io.checkpoint import Checkpoint
 from lnnode.io.image import write_image
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
@@ -28,7 +33,7 @@ from lnnode.transforms import LoadVolumed, NormalizeIntensityd
 from lnnode.transforms.crops import NodeCropsd, crop_geometry
 
 from ..server.errors import Unprocessable
-from .base import CheckpointInferTask
+from .base import CheckImageKindd, CheckpointInferTask
 from .detection import model_version
 from .keys import IMAGE, IMAGE_ID, LOGITS, NODES, P_METASTASIS, RESULT, SALIENCY, UNCERTAINTY
 from .writer import ResultWriter, make_result
@@ -89,11 +94,14 @@ def saliency_data_uri(cam: np.ndarray, center: Sequence[float], spacing: float) 
 class ClassificationToResultd(MapTransform):
     """Probabilities next to the request's nodes, as a result document (world LPS)."""
 
-    def __init__(self, classifier_name: str, nodes_key: str = NODES, result_key: str = RESULT):
+    def __init__(
+        self, classifier_name: str, nodes_key: str = NODES, result_key: str = RESULT, positive: str = POSITIVE_CLASS
+    ):
         super().__init__(keys=[nodes_key])
         self.classifier_name = classifier_name
         self.nodes_key = nodes_key
         self.result_key = result_key
+        self.positive = positive
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -107,24 +115,38 @@ class ClassificationToResultd(MapTransform):
         for out, uri in zip(nodes, d.get(SALIENCY) or [], strict=False):
             out["saliency"] = uri
         d[self.result_key] = make_result(d.get(IMAGE_ID) or "upload", nodes, classifier=self.classifier_name)
+        if self.positive != POSITIVE_CLASS:
+            d[self.result_key]["positive_class"] = self.positive
         return d
 
 
 class NodeClassification(CheckpointInferTask):
     """Metastasis probability per node. Request params: ``nodes`` (required), ``tta`` (flips, 1..8,
-    default 8), ``saliency`` (default false: a Grad-CAM map per node as a NIfTI data URI), ``device``, ``amp``."""
+    default 8; 2D: 1..4, default 2), ``saliency`` (default false: a Grad-CAM map per node as a NIfTI data URI;
+    3D only), ``device``, ``amp``."""
 
     checkpoint_task = "classification"
 
-    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None):
+    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None, planar: bool = False):
         super().__init__(
             name=name,
             paths=paths,
             type=InferType.CLASSIFICATION,
-            description="Lymph-node metastasis probability for given boxes (world LPS mm), with uncertainty",
+            description=f"Lymph-node metastasis probability for given boxes{' on 2D images' if planar else ''} "
+            "(world LPS mm), with uncertainty",
             config=config,
             labels=("benign", "metastatic"),
+            planar=planar,
         )
+
+    @staticmethod
+    def spatial_dims(checkpoint: Checkpoint) -> int:
+        return ClassifierSpec.from_dict(checkpoint.meta["network"]).spatial_dims
+
+    def positive_class(self) -> str:
+        """The class the probability is of (the checkpoint's second class)."""
+        classes = self.checkpoint().meta.get("classes") or []
+        return str(classes[1]) if len(classes) == 2 else POSITIVE_CLASS
 
     def spec(self) -> ClassifierSpec:
         return ClassifierSpec.from_dict(self.checkpoint().meta["network"])
@@ -142,17 +164,24 @@ class NodeClassification(CheckpointInferTask):
         meta = self.checkpoint().meta
         spec = self.spec()
         return [
-            LoadVolumed(keys=IMAGE),
+            LoadVolumed(keys=IMAGE, allow_2d=True),
+            CheckImageKindd(self.name, self.planar),
             CheckNodesd(),
             NormalizeIntensityd(keys=IMAGE, spec=meta["preprocessing"]["intensity"]),
-            NodeCropsd(keys=IMAGE, shape=spec.crop_shape, spacing=spec.crop_spacing, nodes_key=NODES),
+            NodeCropsd(
+                keys=IMAGE,
+                shape=spec.crop_shape,
+                spacing=spec.crop_spacing,
+                nodes_key=NODES,
+                spacing_for=spec.crop_spacing_for if spec.box_scale else None,
+            ),
         ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         logits = predict_logits(
             self._get_network(device, data),
             data[IMAGE],
-            tta=int(data.get("tta") or 8),
+            tta=int(data.get("tta") or (2 if self.planar else 8)),
             device=device,
             amp=_truthy(data.get("amp"), True),
         )
@@ -170,7 +199,7 @@ class NodeClassification(CheckpointInferTask):
         return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [ClassificationToResultd(model_version(self.checkpoint(), self.name))]
+        return [ClassificationToResultd(model_version(self.checkpoint(), self.name), positive=self.positive_class())]
 
     def writer(self, data, extension=None, dtype=None):
         return ResultWriter()(data)

@@ -1,4 +1,5 @@
-"""``lymph_node_detection``: 3D boxes of every lymph node, in world LPS mm, with detection scores."""
+"""``lymph_node_detection``: 3D boxes of every lymph node, in world LPS mm, with detection scores; and
+``lymph_node_detection_2d``, the same task on 2D images (boxes one slice thick)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,18 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lnnode.geometry import ImageGeometry
 from lnnode.io.checkpoint import Checkpoint
 from lnnode.networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
-from lnnode.transforms import BODY_THRESHOLD, CropToBodyd, LoadVolumed, NormalizeIntensityd, ResampleToGridd
+from lnnode.transforms import (
+    BODY_THRESHOLD,
+    CropToBodyd,
+    LoadVolumed,
+    NormalizeIntensityd,
+    PlaneGridd,
+    ResampleToGridd,
+    planar_boxes_to_nodes,
+)
 from lnnode.transforms.boxes import boxes_to_nodes, suppress_nested
 
-from .base import CheckpointInferTask
+from .base import CheckImageKindd, CheckpointInferTask
 from .keys import BOX_SCORES, BOXES, GRID, IMAGE, IMAGE_GEOMETRY, IMAGE_ID, RESULT
 from .writer import ResultWriter, make_result
 
@@ -31,23 +40,26 @@ def model_version(checkpoint: Checkpoint, name: str) -> str:
 
 
 class DetectionToResultd(MapTransform):
-    """Detector output (``boxes``, ``labels_scores`` on the grid) to a result document in world LPS."""
+    """Detector output (``boxes``, ``labels_scores`` on the grid) to a result document in world LPS;
+    ``planar``: a 2D detector's boxes (N, 4) on a 2D image's grid."""
 
-    def __init__(self, grid_key: str = GRID, result_key: str = RESULT, detector_name: str = ""):
+    def __init__(self, grid_key: str = GRID, result_key: str = RESULT, detector_name: str = "", planar: bool = False):
         super().__init__(keys=[BOXES])
         self.grid_key = grid_key
         self.result_key = result_key
         self.detector_name = detector_name
+        self.planar = planar
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         grid: ImageGeometry = d[self.grid_key]
-        boxes = torch.as_tensor(d[BOXES]).detach().float().cpu().numpy().reshape(-1, 6)
+        to_nodes = planar_boxes_to_nodes if self.planar else boxes_to_nodes
+        boxes = torch.as_tensor(d[BOXES]).detach().float().cpu().numpy().reshape(-1, 4 if self.planar else 6)
         scores = torch.as_tensor(d[BOX_SCORES]).detach().float().cpu().numpy().reshape(-1)
         order = np.argsort(-scores, kind="stable")
         ranked = [
             {**node, "detection_score": round(float(score), 4)}
-            for node, score in zip(boxes_to_nodes(boxes[order], grid), scores[order], strict=True)
+            for node, score in zip(to_nodes(boxes[order], grid), scores[order], strict=True)
         ]
         source: ImageGeometry | None = d.get(IMAGE_GEOMETRY)
         if source is not None:
@@ -66,18 +78,27 @@ class NodeDetection(CheckpointInferTask):
     (default true: the sliding window skips the air around the patient).
 
     A multi-sequence model (e.g. T2 + DWI) gets ``image`` as the list of the case's sequences; the
-    app finds them in the datastore by the checkpoint's ``channel_suffixes``."""
+    app finds them in the datastore by the checkpoint's ``channel_suffixes``.
+
+    ``planar``: a 2D detector on 2D images, on the image's own pixel grid (:mod:`lnnode.transforms.planar`),
+    no body crop (an ultrasound sector is the whole image)."""
 
     checkpoint_task = "detection"
 
-    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None):
+    def __init__(self, name: str, paths: Sequence[str], config: dict[str, Any] | None = None, planar: bool = False):
+        kind = "2D boxes on 2D images (one slice thick" if planar else "3D boxes ("
         super().__init__(
             name=name,
             paths=paths,
             type=InferType.DETECTION,
-            description="Lymph-node detection: 3D boxes (world LPS mm) with detection scores",
+            description=f"Lymph-node detection: {kind}, world LPS mm) with detection scores",
             config=config,
+            planar=planar,
         )
+
+    @staticmethod
+    def spatial_dims(checkpoint: Checkpoint) -> int:
+        return DetectorSpec.from_dict(checkpoint.meta["network"]).spatial_dims
 
     def channel_suffixes(self) -> list[str]:
         """Suffixes of the extra sequences the model reads (``case_001`` + ``_dwi``); [] for one channel."""
@@ -91,11 +112,15 @@ class NodeDetection(CheckpointInferTask):
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         meta = self.checkpoint().meta
+        to_grid = PlaneGridd if self.planar else ResampleToGridd
         transforms = [
-            LoadVolumed(keys=IMAGE),
-            ResampleToGridd(keys=IMAGE, spacing=meta["network"]["spacing"], grid_key=GRID),
+            LoadVolumed(keys=IMAGE, allow_2d=True),
+            CheckImageKindd(self.name, self.planar),
+            to_grid(keys=IMAGE, spacing=meta["network"]["spacing"], grid_key=GRID),
             NormalizeIntensityd(keys=IMAGE, spec=meta["preprocessing"]["intensity"]),
         ]
+        if self.planar:
+            return transforms
         if str((data or {}).get("crop_to_body", True)).lower() not in ("false", "0", "no"):
             transforms.append(CropToBodyd(keys=IMAGE, threshold=BODY_THRESHOLD))
         return transforms
@@ -133,7 +158,7 @@ class NodeDetection(CheckpointInferTask):
         return super().run_detector(data, convert_to_batch, device)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [DetectionToResultd(detector_name=model_version(self.checkpoint(), self.name))]
+        return [DetectionToResultd(detector_name=model_version(self.checkpoint(), self.name), planar=self.planar)]
 
     def writer(self, data, extension=None, dtype=None):
         return ResultWriter()(data)

@@ -24,13 +24,15 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lnnode.contracts import ContractError, validate_result
-from lnnode.io.image import ImageError
+from lnnode.contracts import POSITIVE_CLASS, ContractError, validate_result
+from lnnode.io.image import ImageError, pixel_spacing_known
 from lnnode.measure.delineation import measure_node
-from lnnode.measure.rules import n_stage_hint, node_rules
+from lnnode.measure.planar import measure_lesion
+from lnnode.measure.rules import n_stage_hint, node_rules, planar_rules
 from lnnode.transforms import LoadVolumed
 
 from ..server.errors import ModelNotReady, RequestError, Unprocessable
+from .base import image_kind_error
 from .classification import NodeClassification
 from .detection import NodeDetection, model_version
 from .keys import IMAGE, IMAGE_GEOMETRY, NODES, RESULT
@@ -66,11 +68,15 @@ class NodePipeline(BasicInferTask):
             network=None,
             type=InferType.DETECTION,
             labels=["lymph_node"],
-            dimension=3,
-            description="Lymph nodes: boxes, metastasis probability, short/long axis, rule categories, N-stage hint",
+            dimension=2 if detection.planar else 3,
+            description=f"Lymph nodes{' on 2D images' if detection.planar else ''}: boxes, metastasis probability, "
+            "short/long axis, rule categories, N-stage hint",
             config=config,
         )
+        if classification is not None and classification.planar != detection.planar:
+            raise ValueError(f"{name}: a {detection.name} detector with a {classification.name} classifier")
         self.name = name
+        self.planar = detection.planar
         self.detection = detection
         self.classification = classification
 
@@ -95,25 +101,34 @@ class NodePipeline(BasicInferTask):
 
     def _classify(
         self, request: dict, nodes: list[dict], volume, geometry, warnings: list[str]
-    ) -> tuple[list[dict], str | None]:
-        """The nodes with their probabilities, and the classifier's name (None: not classified)."""
+    ) -> tuple[list[dict], dict[str, Any]]:
+        """The nodes with their probabilities, and the classifier's name and positive class (``{}``: not
+        classified)."""
         if self.classification is None:
-            return nodes, None
+            return nodes, {}
         if not nodes:  # nothing to classify; the result still names the classifier in service
-            return nodes, model_version(self.classification.checkpoint(), self.classification.name)
+            named = {"classifier": model_version(self.classification.checkpoint(), self.classification.name)}
+            return nodes, {**named, "positive_class": self.classification.positive_class()}
         if self.classification.channel_suffixes() != self.channel_suffixes():
             raise Unprocessable(
                 f"the classifier reads sequences {self.classification.channel_suffixes()} but the detector "
                 f"{self.channel_suffixes()}: retrain one of them on the same sequences"
             )
         result = self.classification.result_for({**request, NODES: nodes}, volume, geometry)
-        return result["nodes"], result["model"]["classifier"]
+        return result["nodes"], {"classifier": result["model"]["classifier"], **self._positive(result)}
+
+    @staticmethod
+    def _positive(result: dict[str, Any]) -> dict[str, str]:
+        return {"positive_class": result["positive_class"]} if "positive_class" in result else {}
 
     def _load(self, request: dict) -> tuple[Any, Any]:
         try:
-            loaded = LoadVolumed(keys=IMAGE)({IMAGE: request[IMAGE]})
+            loaded = LoadVolumed(keys=IMAGE, allow_2d=True)({IMAGE: request[IMAGE]})
         except ImageError as e:
             raise Unprocessable(f"image {request.get(IMAGE)!r} cannot be used: {e.reason}") from None
+        error = image_kind_error(self.name, self.planar, loaded[IMAGE_GEOMETRY])
+        if error is not None:
+            raise error
         return loaded[IMAGE], loaded[IMAGE_GEOMETRY]
 
     def __call__(self, request, callbacks=None):
@@ -152,17 +167,23 @@ class NodePipeline(BasicInferTask):
         latencies["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        nodes, classifier = detection["nodes"], None
+        nodes, classified = detection["nodes"], {}
         if classify:
-            nodes, classifier = self._classify(req, nodes, volume, geometry, warnings)
+            nodes, classified = self._classify(req, nodes, volume, geometry, warnings)
         latencies["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()
         modality = self.detection.checkpoint().meta["preprocessing"].get("modality", "ct")
-        if classifier is None and by == "classifier":
+        if not classified and by == "classifier":
             by = "morphology"
-        for node in nodes:
-            self._measure(node, volume[0], geometry, modality)
+        if self.planar:
+            image = req[IMAGE][0] if isinstance(req[IMAGE], (list, tuple)) else req[IMAGE]
+            in_mm = not isinstance(image, str) or pixel_spacing_known(image)
+            for node in nodes:
+                self._measure_planar(node, volume[0], geometry, in_mm)
+        else:
+            for node in nodes:
+                self._measure(node, volume[0], geometry, modality)
         n_suspicious = sum(_suspicious(n, by, p_thresh) for n in nodes)
         latencies["measure"] = time.perf_counter() - t
 
@@ -170,9 +191,11 @@ class NodePipeline(BasicInferTask):
             detection["image"],
             nodes,
             detector=detection["model"]["detector"],
-            classifier=classifier,
+            classifier=classified.get("classifier"),
             summary={"n_suspicious": n_suspicious, "n_stage_hint": n_stage_hint(n_suspicious)},
         )
+        if classified.get("positive_class", POSITIVE_CLASS) != POSITIVE_CLASS:
+            result["positive_class"] = classified["positive_class"]
         latencies["total"] = time.perf_counter() - begin
         result["latencies"] = {k: round(v, 3) for k, v in latencies.items()}
         if warnings:
@@ -190,3 +213,13 @@ class NodePipeline(BasicInferTask):
             node["short_axis_mm"] = round(float(m.short_axis_mm), 1)
             node["long_axis_mm"] = round(float(max(m.long_axis_mm, m.short_axis_mm)), 1)
         node["rules"] = node_rules(m)
+
+    @staticmethod
+    def _measure_planar(node: dict[str, Any], image, geometry, in_mm: bool) -> None:
+        """Short and long axis in the image's plane (mm, or px without a pixel spacing) and the 2D rules."""
+        m = measure_lesion(image, geometry, node["center"], node["size"])
+        if m is not None:
+            unit = "mm" if in_mm else "px"
+            node[f"short_axis_{unit}"] = round(float(m.short_axis), 1)
+            node[f"long_axis_{unit}"] = round(float(m.long_axis), 1)
+        node["rules"] = planar_rules(m, spacing_known=in_mm)

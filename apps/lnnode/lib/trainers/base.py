@@ -68,6 +68,7 @@ class LnnodeTrainTask(BasicTrainTask):
 
     checkpoint_task: str = ""
     metric_name: str = ""
+    planar: bool = False  # trains on the datastore's 2D images (else on its volumes)
     custom_iterations: bool = False  # True: the subclass's iteration updates run their own AMP
 
     def __init__(
@@ -126,26 +127,31 @@ class LnnodeTrainTask(BasicTrainTask):
 
     def pre_process(self, request, datastore: Datastore):
         tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
-        datalist = labelled_datalist(datastore, tag, self._channel_suffixes(request))
+        datalist = labelled_datalist(datastore, tag, self._channel_suffixes(request), planar=self.planar)
         if not datalist:
-            raise ValueError(f"no image has a {tag!r} label (with all its sequences): nothing to train on")
+            kind = "2D image" if self.planar else "volume"
+            raise ValueError(f"no {kind} has a {tag!r} label (with all its sequences): nothing to train on")
         return datalist
 
     def partition_datalist(self, context: Context, shuffle: bool = True):
         """Validation images chosen by a hash of their id, not by a shuffle: as corrected cases
         accumulate, an image stays on the side it was on, so the served model (trained before) was not
-        trained on the images that now judge it against the new one. At least one image trains; with
-        ``val_split`` > 0 at least one validates (a single labelled image does both)."""
+        trained on the images that now judge it against the new one. Images of one ``group`` (one patient,
+        near-duplicates) are hashed by the group, so they stay on one side. At least one image trains; with
+        ``val_split`` > 0 at least one validates (a single labelled image, or a single group, does both)."""
         items = list(context.datalist)
         val_split = float(context.request.get("val_split", 0.2) or 0.0)
         if val_split <= 0 or not items:
             return items, []
-        if len(items) == 1:
+        key = {item["id"]: _hash_fraction(str(item.get("group") or item["id"])) for item in items}
+        ranked = sorted(items, key=lambda item: (key[item["id"]], item["id"]))
+        keys = sorted(set(key.values()))
+        if len(keys) == 1:
             return items, items
-        ranked = sorted(items, key=lambda item: _hash_fraction(item["id"]))
-        n_val = sum(_hash_fraction(item["id"]) < val_split for item in items)
-        n_val = min(max(n_val, 1), len(items) - 1)
-        return ranked[n_val:], ranked[:n_val]
+        # whole groups: those below val_split, at least the first and never all of them
+        n_val = min(max(sum(k < val_split for k in keys), 1), len(keys) - 1)
+        val_keys = set(keys[:n_val])
+        return [i for i in ranked if key[i["id"]] not in val_keys], [i for i in ranked if key[i["id"]] in val_keys]
 
     def load_path(self, output_dir, pretrained=True):
         return None  # initial weights come from the served checkpoint (see network())

@@ -7,6 +7,11 @@ error, as a detector makes), flips, in-plane 90-degree rotations and intensity j
 balanced by sampling. Validation (images held out whole, so no case is on both sides): ROC AUC; the
 temperature that calibrates the best epoch is fitted on the same validation nodes and stored in the
 checkpoint.
+
+With ``planar`` the task trains ``lymph_node_classification_2d`` on the 2D images of the datastore: crops in
+each image's plane, left-right flips only. The request's ``positive_class`` names what a label's ``metastatic``
+stands for in that data (default ``metastatic``; a breast-lesion set: ``malignant``): the checkpoint's classes are
+``["benign", positive_class]`` and results say it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from monai.handlers import LrScheduleHandler
 from monailabel.tasks.train.basic_train import Context
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from lnnode.contracts import POSITIVE_CLASS
 from lnnode.metrics.classification import expected_calibration_error, fit_temperature, roc_auc
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
 from lnnode.transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
-from lnnode.transforms.crops import extract_crops
+from lnnode.transforms.crops import extract_crops, extract_planar_crops, in_plane_extent
 
 from .base import LnnodeTrainTask
 from .datalist import corrections_in
@@ -48,9 +54,11 @@ def changed_by_reader(node: dict[str, Any]) -> bool:
 def node_crops(
     datalist: list[dict[str, Any]], spec: ClassifierSpec, intensity: dict[str, Any], margin_vox: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
-    """Crops (N, C, L, L, L) with L = crop + 2 * margin, labels (N,), case ids and reader-changed flags
-    (N,) of every classed node. Rejected boxes are not nodes: the classifier never sees them."""
-    load = LoadVolumed(keys="image")
+    """Crops (N, C, L, L, L) with L = crop + 2 * margin ((N, C, L, L) for a 2d spec, on 2D images), labels (N,),
+    case ids and reader-changed flags (N,) of every classed node. Rejected boxes are not nodes: the classifier
+    never sees them."""
+    planar = spec.spatial_dims == 2
+    load = LoadVolumed(keys="image", allow_2d=planar)
     normalise = NormalizeIntensityd(keys="image", spec=intensity)
     shape = [s + 2 * margin_vox for s in spec.crop_shape]
     crops, labels, cases, changed = [], [], [], []
@@ -59,9 +67,13 @@ def node_crops(
         if not nodes:
             continue
         d = normalise(load({"image": item["image"]}))
-        crops.append(
-            extract_crops(d["image"], d["image_geometry"], [n["center"] for n in nodes], shape, spec.crop_spacing)
-        )
+        centers = [n["center"] for n in nodes]
+        if planar:
+            g = d["image_geometry"]
+            spacing = [spec.crop_spacing_for(in_plane_extent(g, n["size"])) for n in nodes]
+            crops.append(extract_planar_crops(d["image"], g, centers, shape[0], spacing))
+        else:
+            crops.append(extract_crops(d["image"], d["image_geometry"], centers, shape, spec.crop_spacing))
         labels += [CLASS_INDEX[n["class"]] for n in nodes]
         cases += [item["id"]] * len(nodes)
         changed += [changed_by_reader(n) for n in nodes]
@@ -72,26 +84,31 @@ def node_crops(
 
 
 class NodeCropDataset(Dataset):
-    """Node crops with augmentation (random sub-crop, flips, axial 90-degree rotations, intensity)."""
+    """Node crops with augmentation (random sub-crop, flips, axial 90-degree rotations, intensity); 2D crops
+    (N, C, L, L) are flipped left-right only (an ultrasound image's depth axis has a direction)."""
 
     def __init__(self, crops: torch.Tensor, labels: torch.Tensor, size: int, augment: bool):
         self.crops, self.labels, self.size, self.augment = crops, labels, int(size), augment
         self.margin = (crops.shape[-1] - self.size) // 2
+        self.dims = crops.ndim - 2
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _window(self, crop: torch.Tensor, offsets: list[int]) -> torch.Tensor:
+        return crop[(slice(None), *(slice(o, o + self.size) for o in offsets))]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         crop = self.crops[index]
-        m, n = self.margin, self.size
+        m = self.margin
         if not self.augment:
-            return {"image": crop[:, m : m + n, m : m + n, m : m + n].clone(), "label": self.labels[index]}
-        o = torch.randint(0, 2 * m + 1, (3,)).tolist()
-        x = crop[:, o[0] : o[0] + n, o[1] : o[1] + n, o[2] : o[2] + n]
-        for dim in (1, 2, 3):
+            return {"image": self._window(crop, [m] * self.dims).clone(), "label": self.labels[index]}
+        x = self._window(crop, torch.randint(0, 2 * m + 1, (self.dims,)).tolist())
+        for dim in (1, 2, 3) if self.dims == 3 else (1,):
             if torch.rand(()) < 0.5:
                 x = torch.flip(x, (dim,))
-        x = torch.rot90(x, int(torch.randint(0, 4, ())), dims=(1, 2))  # in the axial plane only
+        if self.dims == 3:
+            x = torch.rot90(x, int(torch.randint(0, 4, ())), dims=(1, 2))  # in the axial plane only
         x = x * (1.0 + 0.1 * (2 * torch.rand(()) - 1)) + 0.05 * (2 * torch.rand(()) - 1)
         if torch.rand(()) < 0.3:
             x = x + 0.02 * torch.randn_like(x)
@@ -123,9 +140,6 @@ class ClassificationAUC(Metric):
         return float(roc_auc(labels.astype(int), logits))
 
 
-SPATIAL_DIMS = 3  # volumes: a 2d spec is refused by name, not by a shape error deep in training
-
-
 class NodeClassificationTrainer(LnnodeTrainTask):
     """Classifier training as a MONAI Label train task (request options in ``config``)."""
 
@@ -140,11 +154,13 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         served_paths: list[str],
         spec: ClassifierSpec | None = None,
         modality: str = "ct",
+        planar: bool = False,
         config: dict[str, Any] | None = None,
     ):
-        self.spec = spec or ClassifierSpec()
-        if self.spec.spatial_dims != SPATIAL_DIMS:
-            raise ValueError(f"{name} trains on {SPATIAL_DIMS}D crops; a {self.spec.architecture!r} spec is 2D")
+        self.name = name
+        self.planar = planar
+        self.spec = spec or (ClassifierSpec.planar() if planar else ClassifierSpec())
+        self._check_dims(self.spec)
         self.modality = modality
         defaults = {
             "max_epochs": 40,
@@ -159,10 +175,18 @@ class NodeClassificationTrainer(LnnodeTrainTask):
             model_dir=model_dir,
             publish_path=publish_path,
             served_paths=served_paths,
-            description="Train the lymph-node metastasis classifier from labelled nodes",
+            description=f"Train the lymph-node metastasis classifier from labelled nodes{' on 2D images' * planar}",
             labels=list(CLASS_INDEX),
             config=defaults,
         )
+
+    def _check_dims(self, spec: ClassifierSpec) -> None:
+        """A spec of the other kind is refused by name, not by a shape error deep in training."""
+        dims = 2 if self.planar else 3
+        if spec.spatial_dims != dims:
+            raise ValueError(
+                f"{self.name} trains on {dims}D crops; a {spec.architecture!r} spec is {spec.spatial_dims}D"
+            )
 
     # -- data ---------------------------------------------------------------------------------------
     def partition_datalist(self, context: Context, shuffle: bool = True):
@@ -221,6 +245,8 @@ class NodeClassificationTrainer(LnnodeTrainTask):
             context.spec = ClassifierSpec.from_dict(served.meta["network"])
             context.preprocessing = served.meta["preprocessing"]
             context.init = "fine-tuned"
+            classes = served.meta.get("classes") or []
+            context.positive = str(classes[1]) if len(classes) == 2 else POSITIVE_CLASS
             network = build_classifier_network(context.spec)
             network.load_state_dict(served.state_dict)
             return network
@@ -228,14 +254,14 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         context.spec = ClassifierSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
-        if context.spec.spatial_dims != SPATIAL_DIMS:
-            raise ValueError(f"{self.name} trains on {SPATIAL_DIMS}D crops; a {context.spec.architecture!r} spec is 2D")
+        self._check_dims(context.spec)
         context.preprocessing = {
             "modality": self.modality,
             "intensity": DEFAULT_INTENSITY[self.modality],
             "channel_suffixes": suffixes,
         }
         context.init = "scratch" + (" (ImageNet backbone)" if context.spec.pretrained_path else "")
+        context.positive = str(request.get("positive_class") or POSITIVE_CLASS)
         return build_classifier_network(context.spec, load_pretrained=True)
 
     def optimizer(self, context: Context):
@@ -280,7 +306,7 @@ class NodeClassificationTrainer(LnnodeTrainTask):
             "name": self.name,
             "network": context.spec.to_dict(),
             "preprocessing": context.preprocessing,
-            "classes": list(CLASS_INDEX),
+            "classes": ["benign", context.positive],
             "calibration": self._calibration(context),
             "training": {
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -7,6 +7,8 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 
+from lnnode.io.image import ImageError, is_planar, read_geometry
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["companion_ids", "corrections_in", "labelled_datalist"]
@@ -17,10 +19,19 @@ def companion_ids(image_id: str, suffixes: list[str]) -> list[str]:
     return [f"{image_id}{suffix}" for suffix in suffixes]
 
 
+def _is_kind(path: str, planar: bool) -> bool:
+    try:
+        return is_planar(read_geometry(path, allow_2d=True)) == planar
+    except ImageError as e:
+        logger.warning(f"{path}: left out ({e.reason})")
+        return False
+
+
 def labelled_datalist(
-    datastore: Datastore, tag: str, channel_suffixes: list[str] | None = None
+    datastore: Datastore, tag: str, channel_suffixes: list[str] | None = None, planar: bool = False
 ) -> list[dict[str, Any]]:
-    """``{"image", "label", "id"}`` for every image that has a label with ``tag``.
+    """``{"image", "label", "id"}`` (and ``group`` where the image's info has one) for every volume (2D image with
+    ``planar``) that has a label with ``tag``.
 
     With ``channel_suffixes`` the image is the list of the case's sequences (the labelled image
     first, then ``<id><suffix>`` for each suffix); a case missing a sequence is left out.
@@ -35,13 +46,13 @@ def labelled_datalist(
         if not all(paths):
             logger.warning(f"{image_id}: left out, a sequence {suffixes} is missing")
             continue
-        items.append(
-            {
-                "image": paths if suffixes else paths[0],
-                "label": datastore.get_label_uri(label, tag),
-                "id": image_id,
-            }
-        )
+        if not _is_kind(paths[0], planar):
+            continue
+        item = {"image": paths if suffixes else paths[0], "label": datastore.get_label_uri(label, tag), "id": image_id}
+        group = (datastore.get_image_info(image_id) or {}).get("group")
+        if group not in (None, ""):
+            item["group"] = str(group)
+        items.append(item)
     return items
 
 

@@ -8,6 +8,10 @@ Box-aware augmentation (crops that keep whole boxes, flips, in-plane 90-degree r
 intensity jitter). Validation: whole-volume sliding-window inference, key metric CPM. The best
 epoch is published to the infer task's model path when training completes (the previous model is
 kept for rollback), so the next infer request uses it without a restart.
+
+With ``planar`` the task trains ``lymph_node_detection_2d`` on the 2D images of the datastore (volumes are left
+out): a 2D RetinaNet on each image's pixel grid (:mod:`lnnode.transforms.planar`), anchors fitted to the
+training boxes in pixels, left-right flips only (an ultrasound image's depth axis has a direction).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from monai.transforms import (
 )
 from monailabel.tasks.train.basic_train import Context
 
+from lnnode.io.image import read_geometry
 from lnnode.networks.anchors import anchor_coverage, design_anchor_shapes
 from lnnode.networks.detector import DetectorSpec, build_detector, build_detector_network, clamp_roi
 from lnnode.transforms import (
@@ -45,10 +50,13 @@ from lnnode.transforms import (
     LabelToBoxesd,
     LoadVolumed,
     NormalizeIntensityd,
+    PlaneGridd,
     RandFocusCropd,
     ResampleToGridd,
     boxes_to_nodes,
     load_label,
+    planar_boxes_to_nodes,
+    plane_grid,
     suppress_nested,
 )
 
@@ -61,9 +69,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["NodeDetectionTrainer"]
 
 METRIC = "val_cpm"
-
-
-SPATIAL_DIMS = 3  # volumes: a 2D spec is refused by name, not by a shape error deep in training
 
 
 class NodeDetectionTrainer(LnnodeTrainTask):
@@ -81,11 +86,13 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         served_paths: list[str],
         spec: DetectorSpec | None = None,
         modality: str = "ct",
+        planar: bool = False,
         config: dict[str, Any] | None = None,
     ):
-        self.spec = spec or DetectorSpec()
-        if self.spec.spatial_dims != SPATIAL_DIMS:
-            raise ValueError(f"{name} trains a {SPATIAL_DIMS}D detector; the spec given is {self.spec.spatial_dims}D")
+        self.name = name
+        self.planar = planar
+        self.spec = spec or (DetectorSpec.planar() if planar else DetectorSpec())
+        self._check_dims(self.spec)
         self.modality = modality
         defaults = {
             "max_epochs": 50,
@@ -102,10 +109,32 @@ class NodeDetectionTrainer(LnnodeTrainTask):
             model_dir=model_dir,
             publish_path=publish_path,
             served_paths=served_paths,
-            description="Train the lymph-node detector from labelled images",
+            description=f"Train the lymph-node detector from labelled {'2D images' if planar else 'volumes'}",
             labels=["lymph_node"],
             config=defaults,
         )
+
+    def _check_dims(self, spec: DetectorSpec) -> None:
+        """A spec of the other kind is refused by name, not by a shape error deep in training."""
+        dims = 2 if self.planar else 3
+        if spec.spatial_dims != dims:
+            raise ValueError(f"{self.name} trains a {dims}D detector; the spec given is {spec.spatial_dims}D")
+
+    def _node_sizes(self, context: Context, spec: DetectorSpec) -> np.ndarray:
+        """The training nodes' box sizes on the model grid (voxels; pixels of a 2D model's grid)."""
+        sizes = []
+        for item in context.train_datalist:
+            nodes = load_label(item["label"], item["id"])["nodes"]
+            if not nodes:
+                continue
+            world = np.asarray([n["size"] for n in nodes], dtype=float)
+            if self.planar:  # each image's own pixel spacing
+                first = item["image"][0] if isinstance(item["image"], list) else item["image"]
+                grid = plane_grid(read_geometry(first, allow_2d=True), spec.spacing)
+                sizes.append(world[:, :2] / np.asarray(grid.spacing[:2]))  # axis-aligned planes (checked on load)
+            else:
+                sizes.append(world / np.asarray(spec.spacing))
+        return np.concatenate(sizes) if sizes else np.zeros((0, spec.spatial_dims))
 
     def _spec_for(self, context: Context) -> DetectorSpec:
         """The served model's spec when fine-tuning, else this task's spec with anchors fitted to the data."""
@@ -125,31 +154,43 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         spec = DetectorSpec.from_dict(
             {**self.spec.to_dict(), **request.get("spec", {}), "in_channels": 1 + len(suffixes)}
         )
-        if spec.spatial_dims != SPATIAL_DIMS:
-            raise ValueError(f"{self.name} trains a {SPATIAL_DIMS}D detector; the spec given is {spec.spatial_dims}D")
+        self._check_dims(spec)
         if not request.get("spec", {}).get("anchor_shapes"):
-            sizes = np.asarray(
-                [n["size"] for item in context.train_datalist for n in load_label(item["label"], item["id"])["nodes"]]
-            ).reshape(-1, 3)
-            if len(sizes) >= len(spec.anchor_shapes):
-                voxels = sizes / np.asarray(spec.spacing)
+            voxels = self._node_sizes(context, spec)
+            if len(voxels) >= len(spec.anchor_shapes):
                 spec.anchor_shapes = tuple(tuple(a) for a in design_anchor_shapes(voxels, len(spec.anchor_shapes)))
                 scales = [2**level for level in range(len(spec.returned_layers) + 1)]
                 context.anchor_coverage = anchor_coverage(voxels, np.asarray(spec.anchor_shapes), scales)
-                logger.info(f"anchors from {len(sizes)} nodes: {spec.anchor_shapes} {context.anchor_coverage}")
+                logger.info(f"anchors from {len(voxels)} nodes: {spec.anchor_shapes} {context.anchor_coverage}")
         return spec
 
     def _base_transforms(self, context: Context, crop_to_body: bool) -> list:
         spec: DetectorSpec = context.spec
         transforms = [
-            LoadVolumed(keys="image"),
-            ResampleToGridd(keys="image", spacing=spec.spacing),
+            LoadVolumed(keys="image", allow_2d=self.planar),
+            (PlaneGridd if self.planar else ResampleToGridd)(keys="image", spacing=spec.spacing),
             NormalizeIntensityd(keys="image", spec=context.preprocessing["intensity"]),
         ]
-        if crop_to_body:
+        if crop_to_body and not self.planar:
             transforms.append(CropToBodyd(keys="image", threshold=BODY_THRESHOLD))
-        transforms.append(LabelToBoxesd(keys="label", changed_weight=float(context.request.get("changed_weight", 2.0))))
+        weight = float(context.request.get("changed_weight", 2.0))
+        transforms.append(LabelToBoxesd(keys="label", changed_weight=weight, planar=self.planar))
         return transforms
+
+    def _flips(self) -> list:
+        """Box-aware flips (and in-plane quarter turns) of a patch; a 2D image is flipped left-right only."""
+
+        def flip(axis: int) -> RandFlipBoxd:
+            return RandFlipBoxd(
+                image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=axis
+            )
+
+        if self.planar:
+            return [flip(0)]
+        rotate = RandRotateBox90d(
+            image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, max_k=3, spatial_axes=(0, 1)
+        )
+        return [flip(0), flip(1), flip(2), rotate]
 
     def train_pre_transforms(self, context: Context):
         spec: DetectorSpec = context.spec
@@ -177,12 +218,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
                 num_samples=patches,
                 prob=float(request.get("focus_prob", 0.5)),
             ),
-            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=0),
-            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=1),
-            RandFlipBoxd(image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, spatial_axis=2),
-            RandRotateBox90d(
-                image_keys="image", box_keys="boxes", box_ref_image_keys="image", prob=0.5, max_k=3, spatial_axes=(0, 1)
-            ),
+            *self._flips(),
             ClipBoxToImaged(box_keys="boxes", label_keys=["box_labels"], box_ref_image_keys="image", remove_empty=True),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
@@ -276,7 +312,8 @@ class NodeDetectionTrainer(LnnodeTrainTask):
                     pred = detector([image], use_inferer=True)[0]
                 scores = pred["labels_scores"].float().cpu().numpy()
                 order = np.argsort(-scores, kind="stable")  # the infer task's post-processing, as served
-                nodes = boxes_to_nodes(pred["boxes"].float().cpu().numpy()[order], sample["grid"])
+                to_nodes = planar_boxes_to_nodes if self.planar else boxes_to_nodes
+                nodes = to_nodes(pred["boxes"].float().cpu().numpy()[order], sample["grid"])
                 for node, score in zip(nodes, scores[order], strict=True):
                     node["detection_score"] = float(score)
                 outputs.append({"pred": suppress_nested(nodes), "gt": sample["label"]["nodes"]})

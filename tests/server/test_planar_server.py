@@ -1,0 +1,95 @@
+"""2D images on the real server: both 2D models train through /train/ on ultrasound phantoms (PNG), the 2D pipeline
+answers with boxes, probabilities of the named positive class, axes in pixels and the 2D rules, and an image of the
+wrong kind gets a 422 that names the model to use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+
+from lnnode.contracts import CLASSIFICATION_2D, DETECTION_2D, PIPELINE, PIPELINE_2D, parse_result
+from lnnode.measure.rules import PLANAR_RULES
+from lnnode.phantoms import synthesize
+from lnnode.phantoms.ultrasound import synthesize_us
+
+pytestmark = pytest.mark.server
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    """Five ultrasound phantoms (PNG, pixels) and one CT volume in one studies folder."""
+    root = tmp_path_factory.mktemp("planar") / "studies"
+    synthesize_us(root, 5, seed=21)
+    synthesize(root, 1, modality="ct", seed=3, shape=(64, 64, 24), spacing=(2.0, 2.0, 3.0))
+    return root
+
+
+def train(server, model: str, params: dict) -> dict:
+    status, body = server.request("POST", f"/train/{model}", json.dumps(params).encode(), JSON)
+    assert status == 200, body
+    done = server.wait_training()
+    assert done.get("status") == "DONE", done
+    return done
+
+
+def test_2d_models_train_through_the_server_and_the_2d_pipeline_answers(start_server, studies, tmp_path):
+    models = tmp_path / "models"
+    server = start_server(studies, model_dir=str(models), device="cpu")  # the 3D demo weights are served
+    status, info = server.request("GET", "/info/")
+    assert {DETECTION_2D, CLASSIFICATION_2D, PIPELINE_2D} <= set(info["models"])
+    assert {DETECTION_2D, CLASSIFICATION_2D} <= set(info["trainers"])
+
+    status, body = server.request("POST", f"/infer/{PIPELINE_2D}?image=us_000")
+    assert status == 503 and f"/train/{DETECTION_2D}" in body["detail"]
+
+    common = {"max_epochs": 1, "init": "scratch", "val_split": 0.3}
+    train(server, DETECTION_2D, {**common, "patches_per_image": 1, "spec": {"patch_size": [64, 64]}})
+    stats = json.loads((models / f"{DETECTION_2D}_train_stats.json").read_text())
+    assert stats["status"] == "published", stats
+    train(server, CLASSIFICATION_2D, {**common, "positive_class": "malignant", "train_batch_size": 4})
+    stats = json.loads((models / f"{CLASSIFICATION_2D}_train_stats.json").read_text())
+    assert stats["status"] == "published", stats
+
+    from lnnode.io.checkpoint import load_checkpoint
+
+    detector = load_checkpoint(models / f"{DETECTION_2D}.pt", task="detection").meta
+    assert len(detector["network"]["spacing"]) == 2 and detector["preprocessing"]["modality"] == "us"
+    assert detector["training"]["n_train"] + detector["training"]["n_val"] == 5, "the CT volume is not a 2D case"
+    assert load_checkpoint(models / f"{CLASSIFICATION_2D}.pt").meta["classes"] == ["benign", "malignant"]
+
+    # the 2D pipeline on a PNG: boxes one pixel-slice thick, axes in pixels, the 2D rules, the positive class named
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    _, result = client.infer(PIPELINE_2D, "us_001", {"score_thresh": 0.0, "max_boxes": 5})
+    parse_result(json.dumps(result))
+    assert result["positive_class"] == "malignant"
+    assert result["model"]["detector"].startswith(DETECTION_2D) and result["model"]["classifier"]
+    assert result["nodes"], "with no score threshold the detector gives boxes"
+    for node in result["nodes"]:
+        assert node["size"][2] == pytest.approx(1.0) and node["center"][2] == pytest.approx(0.0)
+        assert 0.0 <= node["p_metastasis"] <= 1.0
+        assert set(node["rules"]) == set(PLANAR_RULES)
+        assert node["rules"]["size_10mm"] == "indeterminate", "a PNG has no pixel spacing"
+        assert "short_axis_mm" not in node
+    assert any("short_axis_px" in n for n in result["nodes"])
+
+    # the 2D classifier alone, on the phantom's true boxes
+    truth = json.loads((studies / "labels" / "final" / "us_002.json").read_text())["nodes"]
+    _, result = client.infer(CLASSIFICATION_2D, "us_002", {"nodes": truth})
+    assert len(result["nodes"]) == len(truth) and result["positive_class"] == "malignant"
+    assert np.allclose([n["center"] for n in result["nodes"]], [n["center"] for n in truth])
+
+
+def test_an_image_of_the_wrong_kind_names_the_model_to_use(start_server, studies):
+    server = start_server(studies)  # the shipped 3D demo weights
+    status, body = server.request("POST", f"/infer/{PIPELINE}?image=us_000")
+    assert status == 422 and PIPELINE_2D in body["detail"] and "2D image" in body["detail"], body
+    status, body = server.request("POST", "/infer/lymph_node_detection?image=us_000")
+    assert status == 422 and DETECTION_2D in body["detail"], body
+    status, body = server.request("GET", "/info/")
+    assert status == 200, "the server keeps going"
