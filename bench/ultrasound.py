@@ -98,9 +98,10 @@ def fold_studies(studies: Path, cases: list[str], target: Path) -> Path:
         shutil.rmtree(target)
     (target / "labels" / "final").mkdir(parents=True)
     groups = read_groups(studies)
+    label = Path("labels") / "final"
     for case in cases:
-        for src, dst in ((studies / f"{case}.png", target / f"{case}.png"),
-                         (studies / "labels" / "final" / f"{case}.json", target / "labels" / "final" / f"{case}.json")):  # fmt: skip
+        for name in (f"{case}.png", label / f"{case}.json"):
+            src, dst = studies / name, target / name
             try:
                 os.link(src, dst)
             except OSError:
@@ -202,6 +203,7 @@ def detection_figures(cases: list[dict]) -> tuple[dict, float]:
     s, tp = np.asarray(scores)[order], np.asarray(tps, bool)[order]
     sens = np.cumsum(tp) / max(n_lesions, 1)
     fpi = np.cumsum(~tp) / len(cases)
+    step = max(1, len(fpi) // 400)  # the curve, thinned for the JSON
     at = {}
     for rate in FP_POINTS:
         ok = fpi <= rate + 1e-12
@@ -213,8 +215,8 @@ def detection_figures(cases: list[dict]) -> tuple[dict, float]:
         "n_lesions": n_lesions,
         "hit": f"box centre inside the lesion mask's box and box IoU >= {HIT_IOU}",
         "sensitivity_at_fp_per_image": at,
-        "froc": {"fp_per_image": fpi[:: max(1, len(fpi) // 400)].tolist(), "sensitivity": sens[:: max(1, len(sens) // 400)].tolist()},
-    }  # fmt: skip
+        "froc": {"fp_per_image": fpi[::step].tolist(), "sensitivity": sens[::step].tolist()},
+    }
     return figures, at["0.5"]["score_threshold"]
 
 
@@ -377,7 +379,8 @@ def main() -> None:
     (args.out / "ultrasound.json").write_text(json.dumps(report, indent=2, default=float))
     if args.plots:
         plots(report, scored, args.plots)
-    log(json.dumps({k: report[k] for k in ("detection", "classification", "burnt_in_marks", "cpu")}, default=float)[:3000])
+    shown = {k: report[k] for k in ("classification", "burnt_in_marks", "cpu")}
+    log(json.dumps({"detection": report["detection"]["sensitivity_at_fp_per_image"], **shown}, default=float))
 
 
 if __name__ == "__main__":
