@@ -140,7 +140,8 @@ def predict_fold(test: Path, models: Path) -> list[dict]:
     out = []
     for image in sorted(test.glob("*.png")):
         truth = load_label(test / "labels" / "final" / f"{image.stem}.json")["nodes"]
-        request = {"image": str(image), "image_id": image.stem, "score_thresh": 0.01, "max_boxes": 20, "tta": 2}
+        request = {"image": str(image), "image_id": image.stem, "score_thresh": 0.01, "max_boxes": 20, "tta": 2,
+                   "logging": "ERROR"}
         result = pipeline.result_for(request)
         case = {"id": image.stem, "pred": result["nodes"], "truth": truth}
         if truth:
@@ -154,7 +155,7 @@ def _classify_truth(pipeline, image: Path, truth: list[dict]) -> dict:
 
     volume, geometry = read_image(image, allow_2d=True)
     classify = pipeline.classification
-    request = {"image": str(image), "nodes": truth, "tta": 2}
+    request = {"image": str(image), "nodes": truth, "tta": 2, "logging": "ERROR"}
     original = classify.result_for(request, volume[None], geometry)["nodes"]
     clean = classify.result_for(request, inpaint_marks(volume)[None], geometry)["nodes"]
     return {"p": [n["p_metastasis"] for n in original], "p_inpainted": [n["p_metastasis"] for n in clean]}

@@ -86,15 +86,18 @@ class LymphNodeApp(MONAILabelApp):
 
     def init_strategies(self):
         strategies = {"random": Random(), "first": First()}
-        if PIPELINE in self._infers:
-            strategies["uncertain"] = Uncertain(self._infers[PIPELINE].channel_suffixes, self.options.novelty_weight)
+        if PIPELINE in self._infers or PIPELINE_2D in self._infers:
+            suffixes = self._infers[PIPELINE].channel_suffixes if PIPELINE in self._infers else list
+            strategies["uncertain"] = Uncertain(suffixes, self.options.novelty_weight)
         return self._from_configs("strategy", strategies)
 
     def init_scoring_methods(self):
         methods = {}
-        if PIPELINE in self._infers:  # appearances are only needed when the strategy ranks by novelty
-            describe = self.options.novelty_weight != 0
-            methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(self._infers[PIPELINE], describe=describe)
+        if PIPELINE in self._infers or PIPELINE_2D in self._infers:
+            describe = self.options.novelty_weight != 0  # appearances are only needed when ranking by novelty
+            methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(
+                self._infers.get(PIPELINE), describe=describe, planar_pipeline=self._infers.get(PIPELINE_2D)
+            )
         return self._from_configs("scoring_method", methods)
 
     def on_init_complete(self):
@@ -107,7 +110,7 @@ class LymphNodeApp(MONAILabelApp):
         datastore = datastore or self.datastore()
         answer = super().infer(prepare_infer(request, self._infers, datastore), datastore)
         image = request.get("image")
-        if request.get("model") == PIPELINE and not is_upload(image):
+        if request.get("model") in (PIPELINE, PIPELINE_2D) and not is_upload(image):
             keep_original(datastore, image, answer.get("params"))  # a review is compared with it
         return answer
 

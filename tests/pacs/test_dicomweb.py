@@ -21,6 +21,7 @@ from lnnode.io.image import read_geometry, read_sitk
 
 pytestmark = pytest.mark.server
 
+
 def test_the_server_starts_offline_and_lists_the_ct_and_mr_series(server, pacs):
     status, listing = server.request("GET", "/datastore/?output=all")
     assert status == 200 and {pacs["ct"], pacs["mr"]} <= set(listing["objects"]), listing

@@ -4,7 +4,8 @@
 Only Slicer's application layer is stood in for, as it cannot run here: the Qt GUI (``qt`` is an empty
 module: the Widget is not built), the IO manager behind ``slicer.util.loadVolume``/``saveNode`` (here
 MRML's own volume storage node reads and writes the files), the slice views (jumps and overlays are
-recorded) and the scripted-module base classes (the parameter node is a real
+recorded; a PNG is handed to MRML's reader as the NRRD SimpleITK makes of it, since slicer-core's ITK reads no
+PNG) and the scripted-module base classes (the parameter node is a real
 ``vtkMRMLScriptedModuleNode`` in the scene). What this leaves to a run inside Slicer: the panel's
 widgets and shortcuts, the slice views, Slicer's IO manager.
 """
@@ -15,6 +16,7 @@ import importlib
 import sys
 import types
 import unittest
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +57,12 @@ def slicer_app(monkeypatch):
     def load_volume(path, properties=None):
         volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        if str(path).lower().endswith((".png", ".jpg", ".jpeg")):
+            # slicer-core's ITK has no PNG/JPEG reader (Slicer's has): the picture as ITK reads it, in NRRD
+            from lnnode.io.image import read_sitk
+
+            path = Path(str(path) + ".nrrd")
+            sitk.WriteImage(read_sitk(str(path)[: -len(".nrrd")], allow_2d=True), str(path))
         storage.SetFileName(str(path))
         if not storage.ReadData(volume):
             raise RuntimeError(f"could not read {path}")
@@ -173,3 +181,40 @@ def test_the_logic_reviews_the_next_case_in_the_scene(slicer_app, review_server)
     again = module.LymphNodeReviewLogic().restore_review_from_scene()
     assert again is not None and [n.status for n in again.nodes] == [n.status for n in logic.session.nodes]
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == len(logic.session.nodes)  # rejected: hidden
+
+
+def test_the_logic_reviews_a_2d_ultrasound_case(slicer_app, start_server, tmp_path):
+    """A 2D case (a PNG): the 2D pipeline's boxes with the positive class's name, axes in pixels, corrections sent."""
+    from lnnode.contracts import CLASSIFICATION_2D, DETECTION_2D
+    from lnnode.phantoms.ultrasound import synthesize_us
+    from lnnode.training import train_model
+
+    labelled, studies, models = tmp_path / "labelled", tmp_path / "studies", tmp_path / "models"
+    synthesize_us(labelled, 4, seed=6)
+    synthesize_us(studies, 2, seed=7, label_tag="truth")
+    tiny = {"epochs": 1, "init": "scratch", "val_split": 0.0}
+    train_model(DETECTION_2D, labelled, models, **tiny, extra={"patches_per_image": 1, "publish": "always"})
+    train_model(CLASSIFICATION_2D, labelled, models, **tiny, extra={"positive_class": "malignant", "publish": "always"})
+    server = start_server(studies, model_dir=str(models), device="cpu", demo_weights="false")
+
+    logic = slicer_app.module.LymphNodeReviewLogic()
+    logic.connect(server.url)
+    image_id = logic.load_next_case("first")
+    assert image_id == "us_000" and logic.planar and logic.volume.GetImageData().GetDimensions()[2] == 1
+    session = logic.run({"score_thresh": 0.0, "max_boxes": 3})
+    assert session.nodes and session.positive_class == "malignant"
+    assert session.in_pixels and session.headers()[3:6] == ["p(mal)", "short px", "long px"]
+    assert {row[2] for row in session.table()} <= {"malignant", "benign"}
+    logic.show_boxes()
+    assert set(logic.rois) == {n.id for n in session.nodes}
+    first = session.nodes[0]
+    relabelled = "benign" if first.cls == "metastatic" else "metastatic"  # the label's word for malignant
+    session.set_class(first.id, relabelled)
+    added = logic.add_box_at([-128.0, -128.0, 0.0])  # RAS of pixel (128, 128): the image's middle
+    assert logic.session.node(added).size == [10.0, 10.0, 1.0], "one slice thick"
+
+    answer = logic.submit("dr.us")
+    assert answer["review"]["added"] == 1 and answer["review"]["relabelled"] == 1, answer
+    label = server.request("GET", f"/datastore/label?label={image_id}&tag=final")[1]
+    assert next(n for n in label["nodes"] if n.get("origin") == "added")["center"] == [128.0, 128.0, 0.0]
+    assert next(n for n in label["nodes"] if n.get("from_node") == first.id)["class"] == relabelled

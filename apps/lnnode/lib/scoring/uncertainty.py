@@ -18,7 +18,10 @@ MONAI Label's automatic re-scoring after every training and every served case co
 With ``describe`` (the app sets it when ``--conf al_novelty_weight`` is not 0) every image, labelled
 or not, also gets its appearance (:mod:`.appearance`) under ``lymph_node_appearance``, once per
 detector preprocessing: the ``uncertain`` strategy then adds the novelty of a case against the
-labelled ones to its score.
+labelled ones to its score (volumes only: a 2D image gets no appearance).
+
+A 2D image is scored by the 2D pipeline (``planar_pipeline``), mirrored left-right as a volume is; an image whose
+kind has no detector weights is left for later (``skipped``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lnnode.geometry import ImageGeometry
+from lnnode.io.image import is_planar, read_geometry
 from lnnode.transforms import LoadVolumed
 
 from ..infers.keys import IMAGE, IMAGE_GEOMETRY
@@ -91,16 +95,18 @@ class NodeUncertaintyScoring(ScoringMethod):
     """Scores every image without a ``final`` label (see the module doc). Request: ``force``, ``device``,
     ``label_tag`` (the tag that counts as labelled), ``limit`` (score at most this many images)."""
 
-    def __init__(self, pipeline: Any, describe: bool = True):
+    def __init__(self, pipeline: Any, describe: bool = True, planar_pipeline: Any = None):
         super().__init__("Model uncertainty per unlabelled image (node entropy + detection disagreement under TTA)")
-        self.pipeline = pipeline
-        self.describe = describe  # also store every case's appearance (for novelty)
+        self.pipeline = pipeline  # volumes (None: the app serves 2D models only)
+        self.pipelines = {kind: p for kind, p in ((False, pipeline), (True, planar_pipeline)) if p is not None}
+        self.describe = describe and pipeline is not None  # also store every case's appearance (for novelty)
 
-    def _versions(self) -> dict[str, str | None]:
+    @staticmethod
+    def _versions(pipeline: Any) -> dict[str, str | None]:
         from ..infers.detection import model_version
 
         versions: dict[str, str | None] = {}
-        for stage in (self.pipeline.detection, self.pipeline.classification):
+        for stage in (pipeline.detection, pipeline.classification):
             if stage is None:
                 continue
             try:
@@ -125,16 +131,20 @@ class NodeUncertaintyScoring(ScoringMethod):
         rows = appearance(np.asarray(data[IMAGE]))
         return {"histograms": np.round(rows, 4).tolist(), "preprocessing": self._preprocessing()}
 
-    def score_image(self, image: str | list[str], image_id: str, device: str = "cpu") -> dict[str, Any]:
-        """The uncertainty of one image (``image``: path, or the case's sequence paths)."""
+    def score_image(
+        self, image: str | list[str], image_id: str, device: str = "cpu", pipeline: Any = None
+    ) -> dict[str, Any]:
+        """The uncertainty of one image (``image``: path, or the case's sequence paths), by ``pipeline`` (default:
+        the volume pipeline)."""
+        pipeline = pipeline or self.pipeline
         begin = time.perf_counter()
         request = {"image": image, "image_id": image_id, "device": device}
-        with self.pipeline.detection.pinned():  # the same detector for both passes
-            nodes = self.pipeline.result_for(request)["nodes"]
-            loaded = LoadVolumed(keys=IMAGE)({IMAGE: image})
+        with pipeline.detection.pinned():  # the same detector for both passes
+            nodes = pipeline.result_for(request)["nodes"]
+            loaded = LoadVolumed(keys=IMAGE, allow_2d=pipeline.planar)({IMAGE: image})
             geometry: ImageGeometry = loaded[IMAGE_GEOMETRY]
             mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded[IMAGE]), axis=1))  # index axis 0
-            detected = self.pipeline.detection.result_for(request, mirrored, geometry)
+            detected = pipeline.detection.result_for(request, mirrored, geometry)
         again = mirror_nodes(detected["nodes"], geometry, axis=0)
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
         entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
@@ -156,37 +166,46 @@ class NodeUncertaintyScoring(ScoringMethod):
         if hasattr(datastore, "reload"):
             datastore.reload()  # scores and labels other processes wrote
         tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
-        device = request.get("device") or self.pipeline.detection._config.get("device") or "cpu"
         limit = int(request.get("limit") or 0)
-        versions = self._versions()
-        if self.pipeline.detection.name in versions and versions[self.pipeline.detection.name] is None:
+        versions = {kind: self._versions(p) for kind, p in self.pipelines.items()}
+        ready = {kind for kind, p in self.pipelines.items() if versions[kind].get(p.detection.name) is not None}
+        every = {name: v for kind in versions for name, v in versions[kind].items()}
+        if not ready:
             return {"scored": [], "skipped": [], "failed": {}, "reason": "no detector weights: nothing to score with"}
-        suffixes = self.pipeline.channel_suffixes()
-        described = self._describe(datastore, suffixes) if self.describe else []
+        suffixes = self.pipeline.channel_suffixes() if self.pipeline is not None and False in ready else []
+        described = self._describe(datastore, suffixes) if self.describe and False in ready else []
         scored, skipped, failed = [], [], {}
         for image_id in sorted(datastore.get_unlabeled_images(tag)):
             if image_id.endswith(tuple(suffixes)) and suffixes:
                 continue  # another sequence of a case, not a case
+            try:
+                kind = is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True))
+            except Exception as e:  # noqa: BLE001 - an unreadable image is named, the others go on
+                failed[image_id] = str(e)
+                continue
             previous = datastore.get_image_info(image_id).get(SCORE_KEY) or {}
-            if not force and previous.get("models") == versions:
-                skipped.append(image_id)
+            if kind not in ready or (not force and previous.get("models") == versions[kind]):
+                skipped.append(image_id)  # up to date, or no model of its kind yet
                 continue
             if limit and len(scored) >= limit:
                 break
-            paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
+            pipeline = self.pipelines[kind]
+            ids = [image_id] if kind else [image_id, *companion_ids(image_id, suffixes)]
+            paths = [datastore.get_image_uri(i) for i in ids]
             try:
                 if not all(paths):
                     raise ValueError(f"a sequence {suffixes} is missing")
-                info = self.score_image(paths if suffixes else paths[0], image_id, device)
+                device = request.get("device") or pipeline.detection._config.get("device") or "cpu"
+                info = self.score_image(paths if len(paths) > 1 else paths[0], image_id, device, pipeline)
             except Exception as e:  # one bad image must not stop the others' scores
                 logger.warning(f"{image_id}: not scored: {e}")
                 failed[image_id] = str(e)
                 continue
-            info.update(models=versions, ts=int(time.time()))
+            info.update(models=versions[kind], ts=int(time.time()))
             datastore.update_image_info(image_id, {SCORE_KEY: info})
             scored.append(image_id)
         logger.info(f"uncertainty: scored {len(scored)}, up to date {len(skipped)}, failed {len(failed)}")
-        return {"scored": scored, "skipped": skipped, "failed": failed, "models": versions, "described": described}
+        return {"scored": scored, "skipped": skipped, "failed": failed, "models": every, "described": described}
 
     def _describe(self, datastore: Datastore, suffixes: list[str], batch: int = 64) -> list[str]:
         """Store the appearance of every case (labelled or not) that lacks one for this preprocessing;
@@ -197,6 +216,11 @@ class NodeUncertaintyScoring(ScoringMethod):
         for image_id in sorted(datastore.list_images()):
             if suffixes and image_id.endswith(tuple(suffixes)):
                 continue
+            try:
+                if is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True)):
+                    continue  # appearances are of volumes
+            except Exception:  # noqa: BLE001, S112 - unreadable: the attempt below says why
+                pass
             stored = datastore.get_image_info(image_id).get(APPEARANCE_KEY)
             if isinstance(stored, dict) and stored.get("preprocessing") == preprocessing:
                 continue
