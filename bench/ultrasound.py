@@ -140,8 +140,14 @@ def predict_fold(test: Path, models: Path) -> list[dict]:
     out = []
     for image in sorted(test.glob("*.png")):
         truth = load_label(test / "labels" / "final" / f"{image.stem}.json")["nodes"]
-        request = {"image": str(image), "image_id": image.stem, "score_thresh": 0.01, "max_boxes": 20, "tta": 2,
-                   "logging": "ERROR"}
+        request = {
+            "image": str(image),
+            "image_id": image.stem,
+            "score_thresh": 0.01,
+            "max_boxes": 20,
+            "tta": 2,
+            "logging": "ERROR",
+        }
         result = pipeline.result_for(request)
         case = {"id": image.stem, "pred": result["nodes"], "truth": truth}
         if truth:
@@ -162,19 +168,19 @@ def _classify_truth(pipeline, image: Path, truth: list[dict]) -> dict:
 
 
 def inpaint_marks(volume: np.ndarray) -> np.ndarray:
-    """The image with its burnt-in marks (small near-white blobs: calipers, text, arrows) filled from around."""
+    """The image with its burnt-in marks (small near-white blobs: calipers, text, arrows) filled from around them
+    (each masked pixel takes the value of the nearest unmasked one)."""
     from scipy import ndimage
 
     plane = volume[..., 0].astype(np.float32)
     bright = plane >= 0.93 * plane.max()
     labels, n = ndimage.label(ndimage.binary_dilation(bright, iterations=1))
     sizes = ndimage.sum(np.ones_like(plane), labels, index=np.arange(1, n + 1))
-    small = np.isin(labels, 1 + np.flatnonzero(sizes <= 400))
-    grown = ndimage.binary_dilation(small, iterations=2)
-    filled = plane.copy()
-    filled[grown] = ndimage.median_filter(np.where(grown, np.nan, plane), size=15, mode="nearest")[grown]
-    filled[np.isnan(filled)] = float(np.nanmedian(plane))
-    return filled[..., None]
+    marks = ndimage.binary_dilation(np.isin(labels, 1 + np.flatnonzero(sizes <= 400)), iterations=2)
+    if not marks.any():
+        return volume
+    _, (ii, jj) = ndimage.distance_transform_edt(marks, return_indices=True)
+    return plane[ii, jj][..., None]
 
 
 # -- scoring ----------------------------------------------------------------------------------------------

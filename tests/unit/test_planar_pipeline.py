@@ -23,7 +23,7 @@ from lnnode.measure.rules import PLANAR_RULES, planar_rules
 from lnnode.networks.anchors import design_anchor_shapes
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
 from lnnode.transforms import PlaneGridd, nodes_to_planar_boxes, planar_boxes_to_nodes, plane_grid
-from lnnode.transforms.crops import extract_planar_crops, in_plane_extent
+from lnnode.transforms.crops import extract_planar_crops, in_plane_extent, planar_views
 
 # a flipped (RAS-like), anisotropic ultrasound-like plane with an origin away from 0
 FLIPPED = ImageGeometry((120, 90, 1), (0.3, 0.2, 1.0), (40.0, -12.0, 5.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -99,14 +99,14 @@ def _box(node: dict) -> dict:
 
 def test_box_relative_crops_take_the_spacing_of_each_node():
     spec = ClassifierSpec.planar()
-    assert spec.spatial_dims == 2 and spec.crop_shape == (64, 64)
-    assert spec.crop_spacing_for(10.0) == pytest.approx(96 / 64)  # at least crop_mm
-    assert spec.crop_spacing_for(200.0) == pytest.approx(300 / 64)
+    assert spec.spatial_dims == 2 and spec.crop_shape == (64, 64) and spec.network_channels == 2
+    assert spec.crop_spacings_for(10.0) == pytest.approx([96 / 64, 384 / 64])  # at least crop_mm; the context
+    assert spec.crop_spacings_for(200.0) == pytest.approx([300 / 64, 384 / 64])
     network = build_classifier_network(spec)
     assert sum(p.numel() for p in network.parameters()) < 1_000_000, "the demo model stays small"
     import torch
 
-    assert network(torch.zeros(3, 1, 64, 64)).shape == (3,)
+    assert network(torch.zeros(3, 2, 64, 64)).shape == (3,)
     with pytest.raises(ValueError, match="2D crops only"):
         ClassifierSpec(box_scale=1.5)
 
@@ -118,6 +118,9 @@ def test_box_relative_crops_take_the_spacing_of_each_node():
     assert small[0].mean() == pytest.approx(1.0, abs=0.05)  # 16 px window inside the square
     assert 0.05 < large[0].mean() < 0.3  # 64 px window: the square and its surroundings
     assert in_plane_extent(FLIPPED, [6.0, 3.0, 1.0]) == pytest.approx(6.0)
+    nodes = [{"center": centre, "size": [20.0, 20.0, 1.0]}]
+    views = planar_views(plane, g, nodes, 16, lambda extent: [extent / 16, 4.0])
+    assert views.shape == (1, 2, 16, 16) and np.allclose(views[:, 1], large[None, 0])
 
 
 def _dicom(path, spacing: bool) -> None:

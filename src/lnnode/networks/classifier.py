@@ -63,6 +63,9 @@ class ClassifierSpec:
     # 2D: > 0 makes a crop's side this many times the node box's larger in-plane side (at least crop_mm), resampled
     # to the crop's pixels: lesions of 20 to 600 pixels (ultrasound) all fill the crop with some surroundings
     box_scale: float = 0.0
+    # 2D: > 0 adds a second view per channel, a fixed crop of this size (what the box-relative view loses: the
+    # lesion's absolute size and its surroundings)
+    context_mm: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,9 +85,11 @@ class ClassifierSpec:
             raise ValueError(f"crop of {self.crop_mm} mm at {self.crop_spacing} mm is not a usable crop")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        self.box_scale = float(self.box_scale)
-        if self.box_scale < 0 or (self.box_scale and self.spatial_dims != 2):
-            raise ValueError(f"box_scale must be >= 0 and is for 2D crops only, got {self.box_scale}")
+        self.box_scale, self.context_mm = float(self.box_scale), float(self.context_mm)
+        for name in ("box_scale", "context_mm"):
+            value = getattr(self, name)
+            if value < 0 or (value and self.spatial_dims != 2):
+                raise ValueError(f"{name} must be >= 0 and is for 2D crops only, got {value}")
 
     @property
     def spatial_dims(self) -> int:
@@ -95,25 +100,38 @@ class ClassifierSpec:
         n = int(round(self.crop_mm / self.crop_spacing))
         return (n,) * self.spatial_dims
 
-    def crop_spacing_for(self, extent: float) -> float:
-        """Crop pixel spacing for a node whose box's larger in-plane side is ``extent`` (see ``box_scale``)."""
-        if not self.box_scale:
-            return self.crop_spacing
-        return max(self.crop_mm, self.box_scale * float(extent)) / self.crop_shape[0]
+    @property
+    def views(self) -> int:
+        """Crops per image channel: 2 with a context view (``context_mm``), else 1."""
+        return 2 if self.context_mm else 1
+
+    @property
+    def network_channels(self) -> int:
+        """What the network reads: every view of every image channel."""
+        return self.in_channels * self.views
+
+    def crop_spacings_for(self, extent: float) -> list[float]:
+        """Crop pixel spacing of each view for a node whose box's larger in-plane side is ``extent`` (see
+        ``box_scale`` and ``context_mm``)."""
+        first = self.crop_spacing
+        if self.box_scale:
+            first = max(self.crop_mm, self.box_scale * float(extent)) / self.crop_shape[0]
+        return [first, self.context_mm / self.crop_shape[0]] if self.context_mm else [first]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def planar(cls, in_channels: int = 1) -> ClassifierSpec:
-        """The compact classifier for 2D images: 64 x 64 crops of 1.5 times the box's larger side (at least 96 units:
-        pixels on a picture)."""
+        """The compact classifier for 2D images: two 64 x 64 views, a crop of 1.5 times the box's larger side (at least
+        96 units: pixels on a picture) and a fixed 384-unit crop around it."""
         return cls(
             in_channels=in_channels,
             architecture="2d_compact",
             crop_mm=96.0,
             crop_spacing=1.5,
             box_scale=1.5,
+            context_mm=384.0,
             widths=(24, 48, 96, 192),
             attention=False,
         )
@@ -212,7 +230,7 @@ class NodeClassifier2dCompact(nn.Module):
         super().__init__()
         w0 = spec.widths[0]
         self.stem = nn.Sequential(
-            nn.Conv2d(spec.in_channels, w0, 3, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True)
+            nn.Conv2d(spec.network_channels, w0, 3, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True)
         )
         widths = (w0, *spec.widths)
         self.stages = nn.Sequential(
@@ -275,7 +293,7 @@ class NodeClassifier2d(nn.Module):
 
     def __init__(self, spec: ClassifierSpec, load_pretrained: bool = False):
         super().__init__()
-        c = spec.in_channels
+        c = spec.network_channels
         # a grey image is R = G = B: the RGB filters summed see it as ImageNet's network did
         summed = lambda rgb: rgb.sum(1, keepdim=True).repeat(1, c, 1, 1) / c  # noqa: E731
         self.backbone = _resnet18_trunk(spec, load_pretrained, summed)

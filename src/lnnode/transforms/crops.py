@@ -22,7 +22,7 @@ from scipy import ndimage
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import array_to_sitk
 
-__all__ = ["crop_geometry", "extract_crops", "extract_planar_crops", "in_plane_extent", "NodeCropsd"]
+__all__ = ["crop_geometry", "extract_crops", "extract_planar_crops", "in_plane_extent", "planar_views", "NodeCropsd"]
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -106,10 +106,27 @@ def extract_planar_crops(
     return out
 
 
+def planar_views(
+    image: np.ndarray, geometry: ImageGeometry, nodes: Sequence[Mapping[str, Any]], size: int, spacings_for, fill=0.0
+) -> np.ndarray:
+    """Crops (N, C * V, size, size) of a 2D image around ``nodes`` (world ``center`` + ``size``): per node the V
+    spacings ``spacings_for(larger in-plane side of its box)``, the views of each channel side by side."""
+    spacings = np.asarray([spacings_for(in_plane_extent(geometry, n["size"])) for n in nodes], dtype=float)
+    centers = [n["center"] for n in nodes]
+    if not len(nodes):
+        return extract_planar_crops(image, geometry, [], size, 1.0, fill)
+    views = [
+        extract_planar_crops(image, geometry, centers, size, spacings[:, v], fill) for v in range(spacings.shape[1])
+    ]
+    n, c = views[0].shape[:2]
+    return np.stack(views, axis=2).reshape(n, c * len(views), size, size)
+
+
 class NodeCropsd(MapTransform):
     """Replace the (C, i, j, k) image under ``keys`` by crops (N, C, X, Y, Z) around ``data[nodes_key]``;
     a two-value ``shape`` crops a 2D image in its plane: (N, C, X, Y), at ``spacing`` or, with ``spacing_for``
-    (a function of a node box's larger in-plane side), at a spacing per node.
+    (a function of a node box's larger in-plane side giving one spacing per view), at spacings per node: (N, C * V,
+    X, Y), the views of each channel side by side.
 
     ``{key}_geometry`` must hold the image geometry. Nodes are dicts with a world ``center`` (and ``size``).
     """
@@ -138,12 +155,10 @@ class NodeCropsd(MapTransform):
         centers = [n["center"] for n in d[self.nodes_key]]
         for key in self.key_iterator(d):
             geometry = d[f"{key}_geometry"]
-            if len(self.shape) == 2:
-                spacing = self.spacing
-                if self.spacing_for is not None:
-                    nodes = d[self.nodes_key]
-                    spacing = [self.spacing_for(in_plane_extent(geometry, n["size"])) for n in nodes]
-                d[key] = extract_planar_crops(d[key], geometry, centers, self.shape[0], spacing, self.fill)
+            if len(self.shape) == 2 and self.spacing_for is not None:
+                d[key] = planar_views(d[key], geometry, d[self.nodes_key], self.shape[0], self.spacing_for, self.fill)
+            elif len(self.shape) == 2:
+                d[key] = extract_planar_crops(d[key], geometry, centers, self.shape[0], self.spacing, self.fill)
             else:
                 d[key] = extract_crops(d[key], geometry, centers, self.shape, self.spacing, self.fill)
         return d

@@ -173,7 +173,7 @@ class NodeClassification(CheckpointInferTask):
                 shape=spec.crop_shape,
                 spacing=spec.crop_spacing,
                 nodes_key=NODES,
-                spacing_for=spec.crop_spacing_for if spec.box_scale else None,
+                spacing_for=spec.crop_spacings_for if spec.spatial_dims == 2 else None,
             ),
         ]
 

@@ -32,7 +32,7 @@ from lnnode.contracts import POSITIVE_CLASS
 from lnnode.metrics.classification import expected_calibration_error, fit_temperature, roc_auc
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
 from lnnode.transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
-from lnnode.transforms.crops import extract_crops, extract_planar_crops, in_plane_extent
+from lnnode.transforms.crops import extract_crops, planar_views
 
 from .base import LnnodeTrainTask
 from .datalist import corrections_in
@@ -69,16 +69,14 @@ def node_crops(
         d = normalise(load({"image": item["image"]}))
         centers = [n["center"] for n in nodes]
         if planar:
-            g = d["image_geometry"]
-            spacing = [spec.crop_spacing_for(in_plane_extent(g, n["size"])) for n in nodes]
-            crops.append(extract_planar_crops(d["image"], g, centers, shape[0], spacing))
+            crops.append(planar_views(d["image"], d["image_geometry"], nodes, shape[0], spec.crop_spacings_for))
         else:
             crops.append(extract_crops(d["image"], d["image_geometry"], centers, shape, spec.crop_spacing))
         labels += [CLASS_INDEX[n["class"]] for n in nodes]
         cases += [item["id"]] * len(nodes)
         changed += [changed_by_reader(n) for n in nodes]
     if not crops:
-        return torch.zeros((0, spec.in_channels, *shape)), torch.zeros(0), [], torch.zeros(0, dtype=torch.bool)
+        return torch.zeros((0, spec.network_channels, *shape)), torch.zeros(0), [], torch.zeros(0, dtype=torch.bool)
     labels_t = torch.tensor(labels, dtype=torch.float32)
     return torch.from_numpy(np.concatenate(crops)), labels_t, cases, torch.tensor(changed, dtype=torch.bool)
 
