@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lnnode quick start. Each command creates .venv and installs lnnode (pinned, see requirements.lock)
 # the first time, then:
-#   ./run.sh demo   writes demo studies (CT phantoms) to demo/studies and starts the MONAI Label
+#   ./run.sh demo   writes demo studies (CT and 2D ultrasound phantoms) to demo/studies and starts the MONAI Label
 #                   server with apps/lnnode on http://127.0.0.1:8000 (CPU; PORT=... to change)
 #   ./run.sh test   runs ruff and the whole test suite (what CI runs; also installs slicer-core,
 #                   Slicer's MRML libraries, about 1 GB, for the Slicer module's scene tests, and
@@ -56,6 +56,9 @@ case "$cmd" in
         if [ ! -f "$studies/synth_manifest.json" ]; then
             lnnode synth --out "$studies" --cases 6 --modality ct --seed 2026 --shape 192 192 64 --spacing 1 1 2 \
                 --label-tag ground_truth
+        fi
+        if [ ! -f "$studies/synth_manifest_us.json" ]; then  # a few 2D cases: ultrasound phantoms (PNG)
+            lnnode synth --out "$studies" --cases 3 --modality us --seed 2026 --label-tag ground_truth
         fi
         exec monailabel start_server --app apps/lnnode --studies "$studies" \
             --host 127.0.0.1 --port "${PORT:-8000}" --conf device cpu

@@ -123,12 +123,19 @@ class LymphNodeApp(MONAILabelApp):
         tag, review = reviewed
         answer: dict[str, Any] = {"review": review} if review is not None else {}
         if tag == DefaultLabelTag.FINAL.value:
-            training = self.auto_train.on_final_label(self._trainers, self.async_training)
+            training = self.auto_train.on_final_label(self._trainers, self.async_training, self._is_planar(image_id))
             if training is not None:
                 answer["training"] = training
             if isinstance(datastore, DicomwebDatastore):  # last: a PACS that fails answers 502/504, all else done
                 answer["pacs"] = datastore.write_back(image_id)
         return answer
+
+    def _is_planar(self, image_id: str) -> bool | None:
+        """Whether a datastore image is 2D (None: it cannot be told, every model may train)."""
+        try:
+            return imageio.is_planar(imageio.read_geometry(self.datastore().get_image_uri(image_id), allow_2d=True))
+        except Exception:  # noqa: BLE001 - a label was stored; training choice falls back to every model
+            return None
 
     def async_scoring(self, method, params=None):
         # a training process asks for a re-score once it has published: /scoring/<method> would refuse

@@ -23,9 +23,10 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> Path:
-    """Five ultrasound phantoms (PNG, pixels) and one CT volume in one studies folder."""
+    """Five labelled ultrasound phantoms (PNG, pixels), two unlabelled ones and one CT volume in one studies folder."""
     root = tmp_path_factory.mktemp("planar") / "studies"
     synthesize_us(root, 5, seed=21)
+    synthesize_us(root, 2, seed=22, prefix="new_", label_tag="truth")
     synthesize(root, 1, modality="ct", seed=3, shape=(64, 64, 24), spacing=(2.0, 2.0, 3.0))
     return root
 
@@ -77,6 +78,16 @@ def test_2d_models_train_through_the_server_and_the_2d_pipeline_answers(start_se
         assert node["rules"]["size_10mm"] == "indeterminate", "a PNG has no pixel spacing"
         assert "short_axis_mm" not in node
     assert any("short_axis_px" in n for n in result["nodes"])
+
+    # the loop: the 2D cases are scored by the 2D models and served by the uncertain strategy
+    status, scores = server.request("POST", "/scoring/lymph_node_uncertainty?run_sync=true", b"{}", JSON)
+    assert status == 200, scores
+    status, info = server.request("GET", "/datastore/?output=all")
+    scored = {i: o["image"]["info"].get("lymph_node_uncertainty") for i, o in info["objects"].items()}
+    assert scored["new_000"] and scored["new_001"], scored
+    assert DETECTION_2D in scored["new_000"]["models"]
+    status, served = server.request("POST", "/activelearning/uncertain", b"{}", JSON)
+    assert status == 200 and served["id"] in ("new_000", "new_001"), served
 
     # the 2D classifier alone, on the phantom's true boxes
     truth = json.loads((studies / "labels" / "final" / "us_002.json").read_text())["nodes"]

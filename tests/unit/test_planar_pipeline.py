@@ -227,3 +227,15 @@ def test_a_2d_label_makes_its_boxes_on_the_models_grid():
     assert np.allclose(
         d["boxes"][0], [(19.5 + 0.5) / 2, (33.5 + 0.5) / 2, (40.5 + 0.5) / 2, (46.5 + 0.5) / 2], atol=0.3
     )
+
+
+def test_automatic_training_trains_the_models_of_the_labelled_images_kind():
+    from lnnode.appdir import app_module
+
+    auto = app_module("trainers.auto").AutoTrain(1, [], {})
+    trainers = ["lymph_node_detection", "lymph_node_classification", "lymph_node_detection_2d"]
+    started = []
+    auto.on_final_label(trainers, lambda models, **kwargs: started.append(models), planar=True)
+    auto.on_final_label(trainers, lambda models, **kwargs: started.append(models), planar=False)
+    auto.on_final_label(trainers, lambda models, **kwargs: started.append(models))
+    assert started == [["lymph_node_detection_2d"], trainers[:2], trainers]
