@@ -104,3 +104,31 @@ def test_an_image_of_the_wrong_kind_names_the_model_to_use(start_server, studies
     assert status == 422 and DETECTION_2D in body["detail"], body
     status, body = server.request("GET", "/info/")
     assert status == 200, "the server keeps going"
+
+
+def test_the_command_line_infers_and_evaluates_2d_images(studies, tmp_path):
+    """``lnnode infer`` sends a PNG to the 2D pipeline; ``lnnode evaluate --2d`` scores the 2D models on the 2D images
+    (the CT volume in the same folder is left out)."""
+    from lnnode.cli import main
+    from lnnode.training import train_model
+
+    models = tmp_path / "models"
+    tiny = {"epochs": 1, "init": "scratch", "val_split": 0.0}
+    train_model(DETECTION_2D, studies, models, **tiny, extra={"patches_per_image": 1, "publish": "always"})
+    train_model(CLASSIFICATION_2D, studies, models, **tiny, extra={"positive_class": "malignant", "publish": "always"})
+
+    out = tmp_path / "infer"
+    assert main(["infer", str(studies / "new_000.png"), "--out", str(out), "--model-dir", str(models),
+                 "--no-demo-weights", "--score-thresh", "0", "--no-progress"]) == 0  # fmt: skip
+    result = parse_result((out / "new_000.json").read_text())
+    assert result["positive_class"] == "malignant" and result["model"]["detector"].startswith(DETECTION_2D)
+
+    for task, written in (("detection", "metrics.json"), ("classification", "classification.json")):
+        target = tmp_path / task
+        args = ["evaluate", "--2d", "--task", task, "--studies", str(studies), "--model-dir", str(models)]
+        assert main([*args, "--out", str(target), "--bootstrap", "50"]) == 0
+        report = json.loads((target / written).read_text())
+        cases = report["data"]["cases"]
+        assert "ct_000" not in cases and all(c.startswith("us_") for c in cases), cases
+    rules = report["nodes"]["scorers"]
+    assert {"classifier", "shape", "orientation", "margin", "morphology"} <= set(rules), sorted(rules)

@@ -239,3 +239,19 @@ def test_automatic_training_trains_the_models_of_the_labelled_images_kind():
     auto.on_final_label(trainers, lambda models, **kwargs: started.append(models), planar=False)
     auto.on_final_label(trainers, lambda models, **kwargs: started.append(models))
     assert started == [["lymph_node_detection_2d"], trainers[:2], trainers]
+
+
+def test_patches_centre_on_the_readers_corrections_on_a_2d_image():
+    from lnnode.transforms import RandFocusCropd
+
+    image = np.zeros((1, 100, 80), np.float32)
+    boxes = np.array([[10.0, 10.0, 20.0, 20.0], [60.0, 50.0, 70.0, 62.0]], np.float32)
+    weights, rejected = np.array([1.0, 2.0], np.float32), np.zeros((0, 4), np.float32)
+    data = {"image": image, "boxes": boxes, "box_labels": np.zeros(2, np.int64), "box_weights": weights,
+            "rejected_boxes": rejected}  # fmt: skip
+    crop = RandFocusCropd(lambda d: [d], spatial_size=(32, 32), num_samples=3, prob=1.0, jitter=0.0)
+    crop.set_random_state(0)
+    samples = crop(data)
+    assert len(samples) == 3 and all(s["image"].shape == (1, 32, 32) for s in samples)
+    for s in samples:  # the relabelled node (weight 2) in the middle of every patch
+        assert len(s["boxes"]) == 1 and np.allclose(s["boxes"][0], [11.0, 10.0, 21.0, 22.0])
