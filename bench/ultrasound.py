@@ -114,6 +114,8 @@ def fold_studies(studies: Path, cases: list[str], target: Path) -> Path:
 def train_fold(train: Path, models: Path, args) -> dict:
     from lnnode.training import train_model
 
+    if models.exists():
+        shutil.rmtree(models)  # never a model of another split
     det = train_model(
         DETECTION_2D, train, models, epochs=args.det_epochs, init="scratch", val_split=0.15, seed=args.seed,
         spec=json.loads(args.det_spec),
@@ -123,6 +125,9 @@ def train_fold(train: Path, models: Path, args) -> dict:
         CLASSIFICATION_2D, train, models, epochs=args.cls_epochs, init="scratch", val_split=0.15, seed=args.seed,
         extra={"positive_class": POSITIVE, "publish": "always", "train_batch_size": 32},
     )  # fmt: skip
+    for name, stats in (("detector", det), ("classifier", cls)):
+        if stats.get("status") != "published":
+            raise RuntimeError(f"the {name} of this fold was not published: {stats.get('reason')}")
     return {"detector": _brief(det), "classifier": _brief(cls)}
 
 

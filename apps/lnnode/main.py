@@ -18,7 +18,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning import Uncertain
-from lib.configs import PIPELINE_OPTIONS, infer_config, init_task_configs
+from lib.configs import PIPELINE_2D_OPTIONS, PIPELINE_OPTIONS, infer_config, init_task_configs
 from lib.datastore import DicomwebDatastore, LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
 from lib.options import AppOptions
@@ -72,12 +72,12 @@ class LymphNodeApp(MONAILabelApp):
     def init_infers(self):
         infers = self._from_configs("infer", {})
         # one call for the whole chain (as the radiology app's vertebra pipeline chains its models)
-        config = infer_config(self.conf, PIPELINE_OPTIONS)
-        for pipeline, detection, classification in (
-            (PIPELINE, DETECTION, CLASSIFICATION),
-            (PIPELINE_2D, DETECTION_2D, CLASSIFICATION_2D),
+        for pipeline, detection, classification, options in (
+            (PIPELINE, DETECTION, CLASSIFICATION, PIPELINE_OPTIONS),
+            (PIPELINE_2D, DETECTION_2D, CLASSIFICATION_2D, PIPELINE_2D_OPTIONS),
         ):
             if detection in infers:
+                config = infer_config(self.conf, options)
                 infers[pipeline] = NodePipeline(pipeline, infers[detection], infers.get(classification), config=config)
         return infers
 

@@ -174,11 +174,21 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return changed
 
     def add_box_at(self, center_ras, size_mm: float = 10.0, cls: str = "benign") -> str:
-        """A node the model missed, a ``size_mm`` cube at ``center_ras`` (on a 2D image: a square one slice thick)."""
+        """A node the model missed, a ``size_mm`` cube at ``center_ras``; on a 2D image a square one slice thick (along
+        the world axis of the slice normal) and at least a tenth of the image across."""
         # boxes moved in the views but not read yet would be redrawn where they were
         self.sync_from_scene()
-        depth = self.volume.GetSpacing()[2] if self.planar and self.volume is not None else size_mm
-        center, size = box_ras_to_lps(center_ras, [size_mm, size_mm, depth])
+        size = [size_mm] * 3
+        if self.planar and self.volume is not None:
+            ijk_to_ras = vtk.vtkMatrix4x4()
+            self.volume.GetIJKToRASMatrix(ijk_to_ras)
+            normal = int(np.argmax([abs(ijk_to_ras.GetElement(r, 2)) for r in range(3)]))  # the world axis of k
+            bounds = [0.0] * 6
+            self.volume.GetRASBounds(bounds)
+            sides = [bounds[2 * a + 1] - bounds[2 * a] for a in range(3) if a != normal]
+            size = [max(size_mm, 0.1 * min(sides))] * 3
+            size[normal] = self.volume.GetSpacing()[2]
+        center, size = box_ras_to_lps(center_ras, size)
         node_id = self.session.add(center, size, cls)
         self.show_boxes()
         return node_id

@@ -61,7 +61,8 @@ def _case_id(path: Path) -> str:
 
 def find_cases(source: str | os.PathLike) -> list[tuple[str, Path]]:
     """(case id, path) for an image file, each image file in a folder (a 2D image too: PNG, JPEG...), a folder
-    holding one DICOM series, or a folder of single-file DICOM images (ultrasound: one series per file)."""
+    holding one DICOM series (a volume), or a folder of DICOM images (each file of an ultrasound series, and each
+    series of one file, is a case)."""
     src = Path(source)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
@@ -71,12 +72,24 @@ def find_cases(source: str | os.PathLike) -> list[tuple[str, Path]]:
     if images:
         return [(_case_id(p), p) for p in images]
     series = _dicom_series(src)
+    # an ultrasound series holds images, not the slices of a volume: each file is a case, as is a lone file
+    images = [files for files in series.values() if len(files) == 1 or _modality(files[0]) == "US"]
+    if series and len(images) == len(series):
+        return sorted((_case_id(Path(f)), Path(f)) for files in images for f in files)
     if len(series) == 1:
         return [(src.name, src)]
-    if series and all(len(files) == 1 for files in series.values()):
-        return sorted((_case_id(Path(files[0])), Path(files[0])) for files in series.values())
     found = "no DICOM series" if not series else f"{len(series)} DICOM series (give one per folder)"
     raise ValueError(f"{src}: no image files (.nii.gz, .nii, .nrrd, .mha, .png, .jpg) and {found}")
+
+
+def _modality(path: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+        return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
+    except RuntimeError:
+        return ""
 
 
 def _dicom_series(folder: Path) -> dict[str, list[str]]:

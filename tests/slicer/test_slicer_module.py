@@ -211,7 +211,7 @@ def test_the_logic_reviews_a_2d_ultrasound_case(slicer_app, start_server, tmp_pa
     relabelled = "benign" if first.cls == "metastatic" else "metastatic"  # the label's word for malignant
     session.set_class(first.id, relabelled)
     added = logic.add_box_at([-128.0, -128.0, 0.0])  # RAS of pixel (128, 128): the image's middle
-    assert logic.session.node(added).size == [10.0, 10.0, 1.0], "one slice thick"
+    assert logic.session.node(added).size == pytest.approx([25.6, 25.6, 1.0]), "a tenth of the image, one slice thick"
 
     answer = logic.submit("dr.us")
     assert answer["review"]["added"] == 1 and answer["review"]["relabelled"] == 1, answer

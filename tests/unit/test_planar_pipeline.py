@@ -117,16 +117,16 @@ def test_box_relative_crops_take_the_spacing_of_each_node():
     small, large = extract_planar_crops(plane, g, [centre, centre], 16, [1.0, 4.0])
     assert small[0].mean() == pytest.approx(1.0, abs=0.05)  # 16 px window inside the square
     assert 0.05 < large[0].mean() < 0.3  # 64 px window: the square and its surroundings
-    assert in_plane_extent(FLIPPED, [6.0, 3.0, 1.0]) == pytest.approx(6.0)
+    assert in_plane_extent(FLIPPED, [6.0, 3.0, 1.0]) == pytest.approx(20.0)  # pixels: 6 mm at 0.3, 3 mm at 0.2
     nodes = [{"center": centre, "size": [20.0, 20.0, 1.0]}]
     views = planar_views(plane, g, nodes, 16, lambda extent: [extent / 16, 4.0])
     assert views.shape == (1, 2, 16, 16) and np.allclose(views[:, 1], large[None, 0])
 
 
-def _dicom(path, spacing: bool) -> None:
+def _dicom(path, spacing: bool, series: str | None = None) -> None:
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), series or generate_uid(), "US"
     ds.Rows, ds.Columns = 20, 30
     if spacing:
         ds.PixelSpacing = [0.2, 0.1]
@@ -159,6 +159,12 @@ def test_find_cases_takes_each_single_file_dicom_image_as_a_case(tmp_path):
     for name in ("a", "b"):
         _dicom(folder / f"{name}.dcm", spacing=True)
     assert [c for c, _ in find_cases(folder)] == ["a", "b"]
+    one_series = tmp_path / "series"  # an ultrasound series: images, not the slices of a volume
+    one_series.mkdir()
+    uid = generate_uid()
+    for name in ("c", "d", "e"):
+        _dicom(one_series / f"{name}.dcm", spacing=True, series=uid)
+    assert [c for c, _ in find_cases(one_series)] == ["c", "d", "e"]
 
 
 def test_a_table_imports_2d_cases_with_classes_and_groups(tmp_path):

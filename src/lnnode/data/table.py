@@ -6,7 +6,9 @@ The layout of BUSI and of most 2D sets (``lnnode import --table cases.csv``); pa
     benign_0004,benign,images/benign_0004.png,masks/benign_0004_mask.png;masks/benign_0004_mask_1.png,benign_0321
     normal_0001,normal,images/normal_0001.png,masks/normal_0001_mask.png,normal_0001
 
-* ``image``: any image lnnode reads, 2D (PNG, JPEG, a single-frame DICOM file, 2D NIfTI) or 3D; copied as it is.
+* ``image``: an image file lnnode reads, 2D (PNG, JPEG, a single-frame DICOM file, 2D NIfTI) or 3D; copied as it
+  is when a studies folder can hold it (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``, ``.jpg``, ``.dcm``),
+  a 3D header + data pair (``.mhd``, ``.nhdr``) written as ``.nii.gz``; other pictures (TIFF, BMP) are refused.
 * ``masks``: binary masks on the image's grid, ``;``-separated, one lesion or node each (all its foreground is one
   box, however many pieces an annotator drew); empty for a case without any.
 * ``label`` (or ``class``): the case's class, given to each of its masks: ``benign`` (0, negative),
@@ -31,7 +33,15 @@ from lnnode.contracts import ContractError, check_label_in_image, dumps, instanc
 from lnnode.contracts.convert import index_box_to_node
 from lnnode.contracts.ids import InvalidName, check_name
 from lnnode.io.atomic import atomic_copy, atomic_write_text
-from lnnode.io.image import ImageError, image_suffix, read_geometry, read_image
+from lnnode.io.image import (
+    PHOTO_SUFFIXES,
+    STORED_SUFFIXES,
+    ImageError,
+    image_suffix,
+    read_geometry,
+    read_image,
+    write_image,
+)
 
 from .importer import DatasetImportError, ImportReport, parse_class
 
@@ -67,9 +77,19 @@ def _mask_node(path: Path, geometry) -> dict:
     return index_box_to_node(lo, hi, geometry)
 
 
+def _store_image(image: Path, out: Path, case: str) -> None:
+    suffix = image_suffix(image)
+    if suffix in STORED_SUFFIXES:
+        atomic_copy(image, out / f"{case}{suffix}")
+    else:  # a header + data pair: one file
+        write_image(*read_image(image), out / f"{case}.nii.gz")
+
+
 def _case_label(row: dict, base: Path, where: str) -> tuple[Path, dict]:
     case = row["case"].strip()
     image = base / row["image"].strip()
+    if image_suffix(image) in PHOTO_SUFFIXES and image_suffix(image) not in STORED_SUFFIXES:
+        raise DatasetImportError(f"{image.name}: a studies folder holds pictures as .png or .jpg; convert it first")
     geometry = read_geometry(image, allow_2d=True)
     read_image(image, require_content=True, allow_2d=True)  # readable, not blank
     kind = (row.get("label") or row.get("class") or "").strip().lower()
@@ -113,8 +133,7 @@ def import_table(
             report.skipped[case or f"line {line}"] = str(e)
             continue
         out.mkdir(parents=True, exist_ok=True)
-        suffix = image_suffix(image) or image.suffix.lower()
-        atomic_copy(image, out / f"{case}{suffix}")
+        _store_image(image, out, case)
         atomic_write_text(label_path, dumps(label))
         if (row.get("group") or "").strip():
             groups[case] = row["group"].strip()

@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "PHOTO_SUFFIXES",
     "PLANAR_SUFFIXES",
+    "STORED_SUFFIXES",
     "is_planar",
     "pixel_spacing_known",
     "image_suffix",
@@ -44,6 +45,8 @@ __all__ = [
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D pictures (read with allow_2d): pixels
 PLANAR_SUFFIXES = (*PHOTO_SUFFIXES, ".dcm")  # files that hold a 2D image (a .dcm file: one frame)
+# what a studies folder holds (one file per image: no header + data pairs)
+STORED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".dcm")
 # the largest volume read (voxels); the server sets it from --conf max_image_voxels. 6e8 voxels is
 # 2.4 GB as float32: a 512 x 512 x 2000 whole-body CT fits, an absurd upload does not
 MAX_IMAGE_VOXELS = int(os.environ.get("LNNODE_MAX_IMAGE_VOXELS", "600000000"))

@@ -65,7 +65,7 @@ def measure_lesion(
     None when the box holds nothing that stands out from its surroundings."""
     if not is_planar(geometry):
         raise ValueError(f"a lesion on a 2D image: one slice expected, got shape {geometry.shape}")
-    pixels = np.asarray(size, dtype=float)[:2] / np.abs(np.asarray(geometry.spacing[:2]))
+    pixels = (np.abs(geometry.direction_matrix).T @ np.asarray(size, dtype=float) / np.asarray(geometry.spacing))[:2]
     smooth = ndimage.gaussian_filter(
         np.asarray(image, dtype=np.float32)[..., 0], max(1.0, SPECKLE_SIGMA * pixels.min())
     )

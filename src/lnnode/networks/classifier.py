@@ -54,8 +54,8 @@ class ClassifierSpec:
 
     in_channels: int = 1
     architecture: str = "3d"  # "3d", "2.5d"; 2D images: "2d" (ResNet-18) or "2d_compact"
-    crop_mm: float = 48.0  # edge of the cubic crop, mm
-    crop_spacing: float = 1.0  # mm per crop voxel
+    crop_mm: float = 48.0  # edge of the cubic crop, mm (2D: image pixels, as the 2D models work)
+    crop_spacing: float = 1.0  # mm per crop voxel (2D: image pixels per crop pixel)
     widths: tuple[int, ...] = (16, 32, 64)  # 3d, 2d_compact: channels per stage (each stage halves the size)
     attention: bool = True  # 3d: coordinate attention after each stage
     dropout: float = 0.2
@@ -124,7 +124,7 @@ class ClassifierSpec:
     @classmethod
     def planar(cls, in_channels: int = 1) -> ClassifierSpec:
         """The compact classifier for 2D images: two 64 x 64 views, a crop of 1.5 times the box's larger side (at least
-        96 units: pixels on a picture) and a fixed 384-unit crop around it."""
+        96 image pixels) and a fixed 384-pixel crop around it."""
         return cls(
             in_channels=in_channels,
             architecture="2d_compact",

@@ -64,9 +64,9 @@ def extract_crops(
 
 
 def in_plane_extent(geometry: ImageGeometry, size: Sequence[float]) -> float:
-    """The larger side, along the image's columns or rows, of a world box ``size`` on a 2D image (axis-aligned
-    planes: the box's sides along i and j)."""
-    along_index = np.abs(geometry.direction_matrix).T @ np.asarray(size, dtype=float)
+    """The larger side, in image pixels along the columns or rows, of a world box ``size`` on a 2D image
+    (axis-aligned planes: the box's sides along i and j)."""
+    along_index = np.abs(geometry.direction_matrix).T @ np.asarray(size, dtype=float) / np.asarray(geometry.spacing)
     return float(max(along_index[0], along_index[1]))
 
 
@@ -77,11 +77,12 @@ def extract_planar_crops(
     size: int,
     spacing: float | Sequence[float],
     fill: float = 0.0,
+    in_pixels: bool = False,
 ) -> np.ndarray:
     """Crops (N, C, size, size) float32 of a 2D image ((C, i, j, 1), (C, i, j) or (i, j)) around world
     ``centers``, in the image's plane: crop axis 0 runs along the image's columns (i), axis 1 along its rows (j),
-    ``spacing`` (the pixel spacing's units; one per centre, or one for all) per crop pixel; bilinear, ``fill``
-    outside the image. A coarse crop is smoothed first (speckle would alias)."""
+    ``spacing`` (the pixel spacing's units, or image pixels with ``in_pixels``; one per centre, or one for all)
+    per crop pixel; bilinear, ``fill`` outside the image. A coarse crop is smoothed first (speckle would alias)."""
     if geometry.shape[2] != 1:
         raise ValueError(f"a planar crop needs a one-slice image, got shape {geometry.shape}")
     channels = np.asarray(image, dtype=np.float32)
@@ -96,8 +97,9 @@ def extract_planar_crops(
         ci, cj, ck = geometry.world_to_index(center)
         if abs(ck) > 0.5:
             raise ValueError(f"centre {list(center)} lies {ck:.2f} slices off the image's plane")
-        di, dj = np.meshgrid(unit * step / geometry.spacing[0], unit * step / geometry.spacing[1], indexing="ij")
-        sigma = np.maximum(step / np.asarray(geometry.spacing[:2]) - 1.0, 0.0) / 2.0
+        per_pixel = np.ones(2) if in_pixels else np.asarray(geometry.spacing[:2], dtype=float)
+        di, dj = np.meshgrid(unit * step / per_pixel[0], unit * step / per_pixel[1], indexing="ij")
+        sigma = np.maximum(step / per_pixel - 1.0, 0.0) / 2.0
         key = round(float(sigma.max()), 1)
         if key not in smoothed:
             smoothed[key] = np.stack([ndimage.gaussian_filter(p, sigma) if key else p for p in channels])

@@ -22,7 +22,19 @@ PIPELINE_OPTIONS = {
     "amp": "amp",
 }
 
-__all__ = ["PIPELINE_OPTIONS", "infer_config", "task_configs", "init_task_configs"]
+# ... and of the 2D pipeline (its models' own keys: a volume model's thresholds are no 2D model's)
+PIPELINE_2D_OPTIONS = {
+    "detection_2d_score_thresh": "score_thresh",
+    "detection_2d_nms_thresh": "nms_thresh",
+    "detection_2d_max_boxes": "max_boxes",
+    "classification_2d_tta": "tta",
+    "pipeline_p_thresh": "p_thresh",
+    "pipeline_suspicious_by": "suspicious_by",
+    "device": "device",
+    "amp": "amp",
+}
+
+__all__ = ["PIPELINE_OPTIONS", "PIPELINE_2D_OPTIONS", "infer_config", "task_configs", "init_task_configs"]
 
 
 def task_configs() -> dict[str, type[TaskConfig]]:

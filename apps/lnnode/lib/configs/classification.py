@@ -16,3 +16,4 @@ class NodeClassificationConfig(CheckpointTaskConfig):
 
 class NodeClassification2dConfig(NodeClassificationConfig):
     planar = True
+    infer_options = {"classification_2d_tta": "tta", "device": "device", "amp": "amp"}

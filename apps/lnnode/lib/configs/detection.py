@@ -22,3 +22,10 @@ class NodeDetectionConfig(CheckpointTaskConfig):
 
 class NodeDetection2dConfig(NodeDetectionConfig):
     planar = True
+    infer_options = {
+        "detection_2d_score_thresh": "score_thresh",
+        "detection_2d_nms_thresh": "nms_thresh",
+        "detection_2d_max_boxes": "max_boxes",
+        "device": "device",
+        "amp": "amp",
+    }

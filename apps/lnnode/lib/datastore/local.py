@@ -46,13 +46,13 @@ from lnnode.corrections import review_stats
 from lnnode.data.table import GROUPS_FILE, read_groups
 from lnnode.geometry import ImageGeometry
 from lnnode.io.atomic import TEMP_DIR_NAME, atomic_copy, atomic_write_text
-from lnnode.io.image import ImageError, image_suffix, read_geometry, read_image, read_sitk
+from lnnode.io.image import STORED_SUFFIXES, ImageError, image_suffix, read_geometry, read_image, read_sitk
 
 from ..server.errors import NotFound, RequestError, Unprocessable
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png", "*.jpg", "*.jpeg", "*.dcm")  # 2D: the last four
+IMAGE_PATTERNS = tuple(f"*{suffix}" for suffix in STORED_SUFFIXES)  # 2D: .png, .jpg, .jpeg, .dcm
 LABEL_PATTERNS = (*IMAGE_PATTERNS, "*.json")
 HISTORY_DIR = ".history"
 MAX_LABEL_JSON_BYTES = 5_000_000  # a review of even thousands of nodes is far smaller

@@ -121,9 +121,9 @@ class ClassificationToResultd(MapTransform):
 
 
 class NodeClassification(CheckpointInferTask):
-    """Metastasis probability per node. Request params: ``nodes`` (required), ``tta`` (flips, 1..8,
-    default 8; 2D: 1..4, default 2), ``saliency`` (default false: a Grad-CAM map per node as a NIfTI data URI;
-    3D only), ``device``, ``amp``."""
+    """Metastasis probability per node. Request params: ``nodes`` (required), ``tta`` (flips, 1..8, default 8;
+    2D: 1 or 2, the left-right flip only, default 2), ``saliency`` (default false: a Grad-CAM map per node as a
+    NIfTI data URI; 3D only), ``device``, ``amp``."""
 
     checkpoint_task = "classification"
 
@@ -181,7 +181,7 @@ class NodeClassification(CheckpointInferTask):
         logits = predict_logits(
             self._get_network(device, data),
             data[IMAGE],
-            tta=int(data.get("tta") or (2 if self.planar else 8)),
+            tta=min(int(data.get("tta") or 2), 2) if self.planar else int(data.get("tta") or 8),
             device=device,
             amp=_truthy(data.get("amp"), True),
         )

@@ -33,6 +33,8 @@ class AutoTrain:
         models = [m for m in (self.models or list(trainers)) if m in trainers]
         if planar is not None:
             models = [m for m in models if m.endswith("_2d") == planar]
+            if not models:  # MONAI Label reads no models as every model
+                return None
         return start(models, params={m: dict(self.params) for m in models}, enqueue=True)
 
     def info(self, trainers: Collection[str]) -> dict[str, Any]:

@@ -245,6 +245,10 @@ class NodeClassificationTrainer(LnnodeTrainTask):
             context.init = "fine-tuned"
             classes = served.meta.get("classes") or []
             context.positive = str(classes[1]) if len(classes) == 2 else POSITIVE_CLASS
+            asked = request.get("positive_class")
+            if asked and asked != context.positive:
+                logger.warning(f"fine-tuning a model of {context.positive!r}: positive_class {asked!r} ignored "
+                               "(init: scratch trains a new one)")  # fmt: skip
             network = build_classifier_network(context.spec)
             network.load_state_dict(served.state_dict)
             return network

@@ -55,6 +55,7 @@ from lnnode.transforms import (
     ResampleToGridd,
     boxes_to_nodes,
     load_label,
+    nodes_to_planar_boxes,
     planar_boxes_to_nodes,
     plane_grid,
     suppress_nested,
@@ -127,13 +128,12 @@ class NodeDetectionTrainer(LnnodeTrainTask):
             nodes = load_label(item["label"], item["id"])["nodes"]
             if not nodes:
                 continue
-            world = np.asarray([n["size"] for n in nodes], dtype=float)
-            if self.planar:  # each image's own pixel spacing
+            if self.planar:  # on each image's own grid (its pixel spacing, its orientation)
                 first = item["image"][0] if isinstance(item["image"], list) else item["image"]
-                grid = plane_grid(read_geometry(first, allow_2d=True), spec.spacing)
-                sizes.append(world[:, :2] / np.asarray(grid.spacing[:2]))  # axis-aligned planes (checked on load)
+                boxes = nodes_to_planar_boxes(nodes, plane_grid(read_geometry(first, allow_2d=True), spec.spacing))
+                sizes.append(boxes[:, 2:] - boxes[:, :2])
             else:
-                sizes.append(world / np.asarray(spec.spacing))
+                sizes.append(np.asarray([n["size"] for n in nodes], dtype=float) / np.asarray(spec.spacing))
         return np.concatenate(sizes) if sizes else np.zeros((0, spec.spatial_dims))
 
     def _spec_for(self, context: Context) -> DetectorSpec:
