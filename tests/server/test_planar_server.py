@@ -132,3 +132,17 @@ def test_the_command_line_infers_and_evaluates_2d_images(studies, tmp_path):
         assert "ct_000" not in cases and all(c.startswith("us_") for c in cases), cases
     rules = report["nodes"]["scorers"]
     assert {"classifier", "shape", "orientation", "margin", "morphology"} <= set(rules), sorted(rules)
+
+
+def test_the_2d_demo_models_are_shipped_small_and_say_what_they_learnt_from():
+    from lnnode.appdir import DEMO_MODEL_DIR
+    from lnnode.io.checkpoint import load_checkpoint
+
+    paths = [DEMO_MODEL_DIR / f"{name}.pt" for name in (DETECTION_2D, CLASSIFICATION_2D)]
+    assert all(p.exists() for p in paths), "regenerate with: lnnode demo-weights --model <name> --data <busi>"
+    assert sum(p.stat().st_size for p in paths) <= 10 * 1024 * 1024
+    detector = load_checkpoint(paths[0], task="detection").meta
+    classifier = load_checkpoint(paths[1], task="classification").meta
+    assert len(detector["network"]["spacing"]) == 2 and classifier["classes"] == ["benign", "malignant"]
+    for meta in (detector, classifier):
+        assert "BUSI" in meta["training"]["demo"]["data"] and "not lymph nodes" in meta["training"]["demo"]["data"]
