@@ -41,7 +41,7 @@ def train(server, model: str, params: dict) -> dict:
 
 def test_2d_models_train_through_the_server_and_the_2d_pipeline_answers(start_server, studies, tmp_path):
     models = tmp_path / "models"
-    server = start_server(studies, model_dir=str(models), device="cpu")  # the 3D demo weights are served
+    server = start_server(studies, model_dir=str(models), device="cpu", demo_weights="false")
     status, info = server.request("GET", "/info/")
     assert {DETECTION_2D, CLASSIFICATION_2D, PIPELINE_2D} <= set(info["models"])
     assert {DETECTION_2D, CLASSIFICATION_2D} <= set(info["trainers"])
