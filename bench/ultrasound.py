@@ -61,6 +61,7 @@ from lnnode.metrics.classification import (  # noqa: E402
 from lnnode.metrics.detection import box_iou, center_hits  # noqa: E402
 
 HIT_IOU = 0.3
+RULES = ("shape", "orientation", "margin", "morphology")
 FP_POINTS = (0.25, 0.5, 1.0)
 POSITIVE = "malignant"
 
@@ -234,16 +235,16 @@ def detection_figures(cases: list[dict]) -> tuple[dict, float]:
 
 def lesion_scores(cases: list[dict], threshold: float) -> dict[str, list]:
     """Per lesion found at ``threshold``: its class and what each scorer says, from the hitting box."""
-    g: dict[str, list] = {"y": [], "classifier": [], "shape": [], "morphology": [], "size_px": []}
+    g: dict[str, list] = {"y": [], "classifier": [], "size_px": [], **{rule: [] for rule in RULES}}
     for c in cases:
         for box, j in zip(c["pred"], c["hit"], strict=True):
             if j < 0 or box["detection_score"] < threshold:
                 continue
             g["y"].append(int(c["truth"][j]["class"] == "metastatic"))
             g["classifier"].append(box["p_metastasis"])
-            g["shape"].append(box["rules"]["shape"])
-            g["morphology"].append(box["rules"]["morphology"])
-            g["size_px"].append(box.get("long_axis_px", 0.0))
+            for rule in RULES:
+                g[rule].append(box["rules"][rule])
+            g["size_px"].append(box.get("long_axis_px", 0.0))  # not delineated: 0 (counted in the report)
     return g
 
 
@@ -257,12 +258,17 @@ def classification_figures(cases: list[dict], threshold: float, seed: int) -> tu
     y = np.asarray(g["y"])
     scored = {
         "classifier": np.asarray(g["classifier"]),
-        "shape_rule": rule_scores(g["shape"]),
-        "morphology_rule": rule_scores(g["morphology"]),
+        **{f"{rule}_rule": rule_scores(g[rule]) for rule in RULES},
         "size_long_axis_px": np.asarray(g["size_px"]),
     }
     per_lesion = {name: auc_with_ci(y, s, seed) for name, s in scored.items()}
     per_lesion["ece_classifier"] = float(expected_calibration_error(y, scored["classifier"]))
+    per_lesion["not_delineated"] = int(np.sum(np.asarray(g["size_px"]) == 0))
+    per_lesion["suspicious_share"] = {
+        rule: {name: float(np.mean([v == "suspicious" for v, t in zip(g[rule], y, strict=True) if t == k]))
+               for k, name in ((0, "benign"), (1, "malignant"))}
+        for rule in RULES
+    }  # fmt: skip
     images = [c for c in cases if c["truth"] and all("class" in n for n in c["truth"])]
     y_img = np.asarray([int(any(n["class"] == "metastatic" for n in c["truth"])) for c in images])
     s_img = np.asarray([max([p["p_metastasis"] for p in c["pred"] if p["detection_score"] >= threshold] or [0.0])

@@ -24,7 +24,7 @@ from scipy import ndimage
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import is_planar
 from lnnode.measure.axes import measure_axial
-from lnnode.measure.delineation import delineate_node, section_solidity
+from lnnode.measure.delineation import SEARCH_MARGIN_MM, delineate_node, section_solidity
 
 __all__ = ["LesionMeasurement", "measure_lesion"]
 
@@ -58,6 +58,20 @@ def _extent(mask: np.ndarray, axis: int, spacing: float) -> float:
     return float((hit[-1] - hit[0] + 1) * spacing) if hit.size else 0.0
 
 
+def _window(plane: np.ndarray, geometry: ImageGeometry, center, pixels: np.ndarray, sigma: float):
+    """The part of the plane the delineation can reach (box, search margin) plus the filter's reach, with its
+    geometry: smoothing only there keeps a large image's many boxes cheap and changes nothing inside."""
+    half = pixels / 2 + SEARCH_MARGIN_MM / np.asarray(geometry.spacing[:2]) + 4 * sigma + 2
+    c = geometry.world_to_index(center)[:2]
+    lo = np.clip(np.floor(c - half).astype(int), 0, np.asarray(plane.shape) - 1)
+    hi = np.clip(np.ceil(c + half).astype(int) + 1, lo + 1, np.asarray(plane.shape))
+    origin = geometry.index_to_world([lo[0], lo[1], 0.0])
+    shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]), 1)
+    return plane[lo[0] : hi[0], lo[1] : hi[1]], ImageGeometry(
+        shape, geometry.spacing, tuple(origin), geometry.direction
+    )
+
+
 def measure_lesion(
     image: np.ndarray, geometry: ImageGeometry, center: Sequence[float], size: Sequence[float]
 ) -> LesionMeasurement | None:
@@ -66,10 +80,9 @@ def measure_lesion(
     if not is_planar(geometry):
         raise ValueError(f"a lesion on a 2D image: one slice expected, got shape {geometry.shape}")
     pixels = (np.abs(geometry.direction_matrix).T @ np.asarray(size, dtype=float) / np.asarray(geometry.spacing))[:2]
-    smooth = ndimage.gaussian_filter(
-        np.asarray(image, dtype=np.float32)[..., 0], max(1.0, SPECKLE_SIGMA * pixels.min())
-    )
-    found = delineate_node(smooth[..., None], geometry, center, size, modality="us")
+    sigma = max(1.0, SPECKLE_SIGMA * pixels.min())
+    plane, window = _window(np.asarray(image, dtype=np.float32)[..., 0], geometry, center, pixels, sigma)
+    found = delineate_node(ndimage.gaussian_filter(plane, sigma)[..., None], window, center, size, modality="us")
     if found is None:
         return None
     occupancy, g, _ = found
