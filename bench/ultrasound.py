@@ -369,7 +369,7 @@ def main() -> None:
         if args.only_folds is not None and k not in args.only_folds:
             if cached.exists():
                 saved = json.loads(cached.read_text())
-                all_cases += saved["cases"]
+                all_cases += [{**c, "fold": k} for c in saved["cases"]]
                 training[k] = saved["training"]
             continue
         train_cases = [c for f in folds if f is not test_cases for c in f]
@@ -379,8 +379,13 @@ def main() -> None:
         log(f"fold {k} trained: {training[k]}")
         cases = predict_fold(fold_studies(studies, test_cases, args.out / "test"), models)
         cached.write_text(json.dumps({"training": training[k], "cases": cases}, default=float))
-        all_cases += cases
+        all_cases += [{**c, "fold": k} for c in cases]
     detection, threshold = detection_figures(all_cases)
+    per_fold = [detection_figures([c for c in all_cases if c["fold"] == k])[0] for k in sorted(training)]
+    detection["per_fold_sensitivity_at_fp_per_image"] = {
+        f"{rate:g}": [round(f["sensitivity_at_fp_per_image"][f"{rate:g}"]["sensitivity"], 4) for f in per_fold]
+        for rate in FP_POINTS
+    }  # each fold's own model and operating point (the pooled curve mixes five models' scores)
     classification, scored = classification_figures(all_cases, threshold, args.seed)
     report = {
         "data": "BUSI real breast ultrasound (benign/malignant lesions, normal images): a real-ultrasound proxy, "
