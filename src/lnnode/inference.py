@@ -34,7 +34,7 @@ from lnnode.contracts.ids import InvalidName, check_name
 from lnnode.contracts.markups import markups_from_nodes
 from lnnode.dicom.export import RESULTS_SUFFIX
 from lnnode.io.atomic import atomic_write_text
-from lnnode.io.image import ImageError, image_suffix, is_planar, read_geometry
+from lnnode.io.image import ImageError, image_suffix, is_planar, read_geometry, read_header
 
 __all__ = ["InferReport", "find_cases", "infer_files"]
 
@@ -83,13 +83,8 @@ def find_cases(source: str | os.PathLike) -> list[tuple[str, Path]]:
 
 
 def _modality(path: str) -> str:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-        return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
-    except RuntimeError:
-        return ""
+    reader = read_header(path)
+    return reader.GetMetaData("0008|0060").strip() if reader is not None and reader.HasMetaDataKey("0008|0060") else ""
 
 
 def _dicom_series(folder: Path) -> dict[str, list[str]]:

@@ -145,20 +145,26 @@ def make_demo_weights(
         model, studies, model_dir, epochs=epochs, init="scratch", val_split=0.2, device=device,
         extra={"publish": "always"},  # a regenerated demo model replaces the shipped one whatever it scores
     )  # fmt: skip
+    command = f"lnnode demo-weights --model {model} --cases {cases} --epochs {epochs}"
+    data = (
+        f"phantoms, not clinical data: {cases - n_real} synthetic CT ({synth}) and {n_real} real "
+        f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
+    )
+    return _ship_demo(model, model_dir, out, stats, command, data), stats
+
+
+def _ship_demo(model: str, model_dir: Path, out, stats: dict[str, Any], command: str, data: str, **validation) -> Path:
+    """The demo checkpoint of a finished training, with how it was made, written to ``out``."""
     if stats.get("status") != "published":
         raise RuntimeError(f"demo training did not publish a model: {stats.get('reason')}")
     task, metric = _MODELS[model][2], _MODELS[model][3]
     checkpoint = load_checkpoint(model_dir / f"{model}.pt", task=task)
     checkpoint.meta["training"]["demo"] = {
-        "command": f"lnnode demo-weights --model {model} --cases {cases} --epochs {epochs}",
-        "data": (
-            f"phantoms, not clinical data: {cases - n_real} synthetic CT ({synth}) and {n_real} real "
-            f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
-        ),
-        "validation": {metric: stats.get("best_metric"), "epoch": stats.get("best_metric_epoch")},
+        "command": command,
+        "data": data,
+        "validation": {metric: stats.get("best_metric"), "epoch": stats.get("best_metric_epoch"), **validation},
     }
-    target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
-    return target, stats
+    return save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
 
 
 def _make_planar_demo_weights(
@@ -180,19 +186,10 @@ def _make_planar_demo_weights(
         extra.update(positive_class=DEMO_2D_POSITIVE, train_batch_size=32)
     stats = train_model(model, studies, model_dir, epochs=epochs, init="scratch", val_split=0.15, device=device,
                         extra=extra)  # fmt: skip
-    if stats.get("status") != "published":
-        raise RuntimeError(f"demo training did not publish a model: {stats.get('reason')}")
-    task, metric = _MODELS[model][2], _MODELS[model][3]
-    checkpoint = load_checkpoint(model_dir / f"{model}.pt", task=task)
-    checkpoint.meta["training"]["demo"] = {
-        "command": f"lnnode demo-weights --model {model} --epochs {epochs} --data <busi>",
-        "data": f"BUSI real breast ultrasound ({len(report.cases)} images: benign and malignant lesions, normal "
-        "images); breast lesions, not lymph nodes: a real-ultrasound proxy, not clinical data",
-        "validation": {
-            metric: stats.get("best_metric"),
-            "epoch": stats.get("best_metric_epoch"),
-            "split": "15 % of the images by near-duplicate group",
-        },  # fmt: skip
-    }
-    target = save_checkpoint(Path(out) / f"{model}.pt", task, checkpoint.state_dict, checkpoint.meta)
-    return target, stats
+    data = (
+        f"BUSI real breast ultrasound ({len(report.cases)} images: benign and malignant lesions, normal images); "
+        "breast lesions, not lymph nodes: a real-ultrasound proxy, not clinical data"
+    )
+    command = f"lnnode demo-weights --model {model} --epochs {epochs} --data <busi>"
+    split = "15 % of the images by near-duplicate group"
+    return _ship_demo(model, model_dir, out, stats, command, data, split=split), stats

@@ -35,6 +35,7 @@ __all__ = [
     "read_sitk",
     "read_image",
     "read_geometry",
+    "read_header",
     "check_content",
     "MAX_IMAGE_VOXELS",
     "sitk_to_array",
@@ -214,21 +215,49 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False, allow_2d: 
     return image
 
 
+def read_header(path: str | os.PathLike) -> sitk.ImageFileReader | None:
+    """The image file's header, read without decoding any voxel; None when it cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
+
+
+def _picture_geometry(path: str) -> ImageGeometry | None:
+    """A picture's geometry from its size alone (Pillow reads the header only): pixels, as :func:`read_sitk` makes
+    it; None when Pillow cannot tell (the full read says why)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            columns, rows = picture.size
+            frames = getattr(picture, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    if frames != 1 or min(columns, rows) < 2:
+        return None
+    return ImageGeometry((columns, rows, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3).ravel())
+
+
 def read_geometry(path: str | os.PathLike, allow_2d: bool = False) -> ImageGeometry:
     """The geometry of an image file from its header alone (no voxel is decoded); a DICOM folder is read.
 
     For an image :func:`read_sitk` accepts, this equals ``ImageGeometry.from_sitk(read_sitk(path))``.
     """
     p = str(path)
+    if allow_2d and p.lower().endswith(PHOTO_SUFFIXES) and os.path.isfile(p):
+        picture = _picture_geometry(p)
+        if picture is not None:
+            return picture
     if allow_2d and not os.path.isdir(p) and _is_2d_header(p):
         return ImageGeometry.from_sitk(read_sitk(p, allow_2d=True))  # a 2D image is small: decoded
     if os.path.isdir(p):
         return ImageGeometry.from_sitk(read_sitk(p))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(p)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = read_header(p)
+    if reader is None:
         return ImageGeometry.from_sitk(read_sitk(p))  # unreadable: the full read says why
     size, dim = reader.GetSize(), reader.GetDimension()
     if dim == 4 and size[3] == 1:  # one frame: the 3D volume read_sitk makes of it
@@ -247,24 +276,16 @@ def pixel_spacing_known(path: str | os.PathLike) -> bool:
         return False
     if os.path.isdir(p) or image_suffix(p) in IMAGE_SUFFIXES:
         return True  # NIfTI, NRRD, MetaImage and DICOM series carry their spacing
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(p)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return False
-    keys = set(reader.GetMetaDataKeys())
-    return bool(keys & {"0028|0030", "0018|1164"})  # PixelSpacing, ImagerPixelSpacing
+    reader = read_header(p)
+    calibrations = {"0028|0030", "0018|1164"}  # PixelSpacing, ImagerPixelSpacing
+    return reader is not None and bool(set(reader.GetMetaDataKeys()) & calibrations)
 
 
 def _is_2d_header(path: str) -> bool:
     """A 2D image, a one-slice or a colour one, from the header (True when the header cannot be read: the
     full read says why)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = read_header(path)
+    if reader is None:
         return True
     size = reader.GetSize()
     return reader.GetDimension() == 2 or size[2] == 1 or reader.GetNumberOfComponents() > 1
@@ -282,11 +303,8 @@ def _check_size_and_spacing(path: str, size, spacing) -> None:
 
 def _check_header(path: str) -> None:
     """Size and spacing from the header, before any voxel is read (an oversized upload costs nothing)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = read_header(path)
+    if reader is None:
         return  # unreadable: the full read says why
     _check_size_and_spacing(path, reader.GetSize(), reader.GetSpacing())
 

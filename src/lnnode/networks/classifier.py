@@ -191,15 +191,17 @@ class _ResBlock3d(nn.Module):
         return torch.relu(self.body(x) + self.skip(x))
 
 
+def _stem(conv, norm, channels: int, width: int) -> nn.Sequential:
+    return nn.Sequential(conv(channels, width, 3, padding=1, bias=False), norm(width), nn.ReLU(inplace=True))
+
+
 class NodeClassifier3d(nn.Module):
     """Stem + one residual block per width (stride 2 each) [+ coordinate attention] -> pooled -> logit."""
 
     def __init__(self, spec: ClassifierSpec):
         super().__init__()
         w0 = spec.widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv3d(spec.in_channels, w0, 3, padding=1, bias=False), nn.BatchNorm3d(w0), nn.ReLU(inplace=True)
-        )
+        self.stem = _stem(nn.Conv3d, nn.BatchNorm3d, spec.in_channels, w0)
         stages = []
         cin = w0
         for w in spec.widths:
@@ -229,9 +231,7 @@ class NodeClassifier2dCompact(nn.Module):
     def __init__(self, spec: ClassifierSpec):
         super().__init__()
         w0 = spec.widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(spec.network_channels, w0, 3, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True)
-        )
+        self.stem = _stem(nn.Conv2d, nn.BatchNorm2d, spec.network_channels, w0)
         widths = (w0, *spec.widths)
         self.stages = nn.Sequential(
             *(_ResBlock2d(a, b, stride=2) for a, b in zip(widths[:-1], widths[1:], strict=True))

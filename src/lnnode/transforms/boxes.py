@@ -31,6 +31,12 @@ __all__ = [
 ]
 
 DETECTOR_OFFSET = 0.5
+PLANE_COLUMNS = [
+    0,
+    1,
+    3,
+    4,
+]  # a 2D model's box of a one-slice volume's box: (i0, j0, k0, i1, j1, k1) -> (i0, j0, i1, j1)
 
 
 def load_label(path: str | os.PathLike, image_id: str = "") -> dict:
@@ -94,7 +100,7 @@ class LabelToBoxesd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.grid_key = grid_key
         self.changed_weight = float(changed_weight)
-        self.columns = [0, 1, 3, 4] if planar else list(range(6))
+        self.columns = PLANE_COLUMNS if planar else list(range(6))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

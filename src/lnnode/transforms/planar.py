@@ -23,11 +23,9 @@ from scipy import ndimage
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import is_planar
 
-from .boxes import boxes_to_nodes, nodes_to_boxes
+from .boxes import PLANE_COLUMNS, boxes_to_nodes, nodes_to_boxes
 
 __all__ = ["plane_grid", "resample_plane", "PlaneGridd", "planar_boxes_to_nodes", "nodes_to_planar_boxes"]
-
-_PLANE_COLUMNS = [0, 1, 3, 4]  # (i0, j0, k0, i1, j1, k1) -> (i0, j0, i1, j1)
 
 
 def plane_grid(geometry: ImageGeometry, factor: Sequence[float]) -> ImageGeometry:
@@ -62,14 +60,14 @@ def resample_plane(image: np.ndarray, geometry: ImageGeometry, grid: ImageGeomet
 
 def nodes_to_planar_boxes(nodes: Sequence[Mapping[str, Any]], grid: ImageGeometry) -> np.ndarray:
     """World boxes of a 2D image's nodes to a 2D model's boxes (N, 4) on ``grid``."""
-    return nodes_to_boxes(nodes, grid)[:, _PLANE_COLUMNS]
+    return nodes_to_boxes(nodes, grid)[:, PLANE_COLUMNS]
 
 
 def planar_boxes_to_nodes(boxes: np.ndarray, grid: ImageGeometry) -> list[dict]:
     """A 2D model's boxes (N, 4) on ``grid`` to world boxes ``{"center", "size"}``, one slice thick."""
     b = np.asarray(boxes, dtype=float).reshape(-1, 4)
     full = np.zeros((len(b), 6))
-    full[:, _PLANE_COLUMNS] = b
+    full[:, PLANE_COLUMNS] = b
     full[:, 5] = 1.0  # the slice: [0, 1) in MONAI's convention
     return boxes_to_nodes(full, grid)
 

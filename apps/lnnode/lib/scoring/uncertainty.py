@@ -178,14 +178,17 @@ class NodeUncertaintyScoring(ScoringMethod):
         for image_id in sorted(datastore.get_unlabeled_images(tag)):
             if image_id.endswith(tuple(suffixes)) and suffixes:
                 continue  # another sequence of a case, not a case
+            previous = datastore.get_image_info(image_id).get(SCORE_KEY) or {}
+            if not force and any(previous.get("models") == versions[k] for k in ready):
+                skipped.append(image_id)  # scored by the models in service: its kind need not be read
+                continue
             try:
                 kind = is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True))
             except Exception as e:  # noqa: BLE001 - an unreadable image is named, the others go on
                 failed[image_id] = str(e)
                 continue
-            previous = datastore.get_image_info(image_id).get(SCORE_KEY) or {}
-            if kind not in ready or (not force and previous.get("models") == versions[kind]):
-                skipped.append(image_id)  # up to date, or no model of its kind yet
+            if kind not in ready:
+                skipped.append(image_id)  # no model of its kind yet
                 continue
             if limit and len(scored) >= limit:
                 break
@@ -216,14 +219,14 @@ class NodeUncertaintyScoring(ScoringMethod):
         for image_id in sorted(datastore.list_images()):
             if suffixes and image_id.endswith(tuple(suffixes)):
                 continue
+            stored = datastore.get_image_info(image_id).get(APPEARANCE_KEY)
+            if isinstance(stored, dict) and stored.get("preprocessing") == preprocessing:
+                continue
             try:
                 if is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True)):
                     continue  # appearances are of volumes
             except Exception:  # noqa: BLE001, S112 - unreadable: the attempt below says why
                 pass
-            stored = datastore.get_image_info(image_id).get(APPEARANCE_KEY)
-            if isinstance(stored, dict) and stored.get("preprocessing") == preprocessing:
-                continue
             paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
             try:
                 if not all(paths):
