@@ -64,7 +64,7 @@ case "$cmd" in
             --host 127.0.0.1 --port "${PORT:-8000}" --conf device cpu
         ;;
     test)
-        setup test,slicer
+        setup test,slicer,ray
         pacs_server
         export PATH="$PWD/$VENV/bin:$PATH"
         ruff check .
