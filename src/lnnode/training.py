@@ -91,6 +91,7 @@ def train_model(
         "val_split": val_split,
         "learning_rate": learning_rate,
         "device": device,
+        "seed": seed,
         **(extra or {}),
     }
     try:

@@ -4,36 +4,54 @@ A subclass gives its data, network, metric and checkpoint metadata (``_meta``); 
 MONAI's SupervisedTrainer/Evaluator around them, replaces MONAI Label's checkpoint savers by
 :class:`PublishBestModel` (the best epoch is published atomically when training completes, the
 previous model is kept), and honours an optional wall-clock budget (``max_train_minutes``).
+
+Distributed data parallel (the request's ``multi_gpu``, as in MONAI Label): one process per GPU of ``gpus``
+(``"all"`` or ``"0,1"``), or with ``device`` ``cpu`` ``cpu_processes`` processes on the gloo backend (a check of the
+distributed path on a machine without GPUs). The processes meet through a file in a temp folder and talk over
+loopback only; a process started by ``torchrun`` joins the launcher's group instead (``env://``). Each rank trains
+on its shard of the training images (the detector) or draws its share of the node samples (the classifier); only
+rank 0 validates, publishes (after every rank has finished its last step) and writes the stats. A failure on any
+rank stops all of them, the served model stays, and the stats say which rank failed and why.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
+import re
+import tempfile
 import time
 from abc import abstractmethod
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-import psutil
+import torch
+import torch.distributed as dist
 from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import StatsHandler, ValidationHandler
 from monai.inferers import SimpleInferer
+from monai.utils import set_determinism
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.utils.others.generic import name_to_device
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+from torch.nn.parallel import DistributedDataParallel
 
+from lnnode.io.atomic import atomic_write_text
 from lnnode.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 from .datalist import labelled_datalist
-from .handlers import PublishBestModel
+from .handlers import PublishBestModel, TrainingInProgress, training_in_progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LnnodeTrainTask", "TRAIN_DEFAULTS"]
+__all__ = ["LnnodeTrainTask", "TRAIN_DEFAULTS", "launched_ranks", "shard", "unwrap"]
 
 # request defaults of every lnnode train task (each adds its own: epochs, batch sizes, data loading)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -43,24 +61,52 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "init": "current",  # "current": fine-tune the served model; "scratch": new weights
     "changed_weight": 2.0,  # a node the reader added, moved or relabelled counts this many times
     "publish": "if_not_worse",  # or "always": publish even below the served model's validation metric
-    "multi_gpu": False,
+    "multi_gpu": False,  # distributed data parallel: one process per GPU of "gpus" (see the module doc)
+    "gpus": "all",
+    "cpu_processes": 2,  # multi_gpu with device "cpu": this many gloo processes
     "tracking": "None",
 }
+
+
+def launched_ranks() -> tuple[int, int, int] | None:
+    """(rank, local rank, world size) of a process that ``torchrun`` (or a launcher like it) started; else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world < 2 or "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), world
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper (what is saved and validated)."""
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+def shard(items: list, context: Context) -> list:
+    """This rank's share of ``items`` (equal-sized shards, so every rank runs the same number of steps; with
+    fewer items than ranks every rank gets them all)."""
+    if not context.multi_gpu or len(items) < context.world_size:
+        return list(items)
+    per_rank = -(-len(items) // context.world_size)
+    padded = [items[i % len(items)] for i in range(per_rank * context.world_size)]
+    return padded[context.local_rank :: context.world_size]
+
+
+def _backend(device: str) -> str:
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def _rank_main(rank: int, world_size: int, request: dict[str, Any], datalist: list, task: LnnodeTrainTask) -> None:
+    """One spawned training process (one rank)."""
+    logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+    # one machine: gloo and NCCL connect over loopback only
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    task.train(rank, world_size, request, datalist)
 
 
 def _hash_fraction(image_id: str) -> float:
     """A stable number in [0, 1) per image id (the same on every run and machine)."""
     return int(hashlib.sha1(image_id.encode()).hexdigest()[:12], 16) / 16**12
-
-
-def _alive(pid: Any) -> bool:
-    """A running process (a killed one may linger as a zombie until it is reaped: not alive)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class LnnodeTrainTask(BasicTrainTask):
@@ -80,10 +126,12 @@ class LnnodeTrainTask(BasicTrainTask):
         description: str,
         labels: list[str],
         config: dict[str, Any],
+        find_unused_parameters: bool = False,
     ):
         self.name = name
         self.served_paths = served_paths
         super().__init__(
+            find_unused_parameters=find_unused_parameters,
             model_dir=model_dir,
             description=description,
             config={**TRAIN_DEFAULTS, **config},
@@ -94,10 +142,96 @@ class LnnodeTrainTask(BasicTrainTask):
             tracking=None,
         )
 
+    # -- one process, or one per GPU ---------------------------------------------------------------
+    def __call__(self, request, datastore: Datastore):
+        launched = launched_ranks()
+        multi = {**self._config, **request}.get("multi_gpu")
+        if str(multi).lower() not in ("true", "1") and launched is None:
+            return super().__call__({**request, "multi_gpu": False}, datastore)
+        req = {**copy.deepcopy(self._config), **copy.deepcopy(request), "multi_gpu": True}
+        req["run_id"] = req.get("run_id") or datetime.now().strftime("%Y%m%d_%H%M%S")
+        req["device"] = name_to_device(req.get("device", "cuda"))
+        datalist = self.pre_process(req, datastore)
+        if launched is not None:  # torchrun started this process: every rank runs this
+            rank, local_rank, world = launched
+            req.update(distributed_backend=_backend(req["device"]), distributed_url="env://", local_device=local_rank)
+            return self.train(rank, world, req, datalist)
+        if training_in_progress(self._publish_path):  # said here, before any process starts
+            raise TrainingInProgress(f"another training of {self.name} is running (maybe through another server "
+                                     "replica): this run stopped before writing anything")  # fmt: skip
+        world = self._world_size(req)
+        if world < 2:
+            logger.info(f"multi_gpu asked for, but {world} device(s): one process")
+            req["multi_gpu"] = False
+            return self.train(0, 1, req, datalist)
+        with tempfile.TemporaryDirectory(prefix="lnnode-ddp-") as folder:
+            # a file store, not a TCP one: PyTorch's TCP store listens on every interface
+            req.update(distributed_backend=_backend(req["device"]), distributed_url=f"file://{folder}/store")
+            logger.info(f"distributed training: {world} processes ({req['distributed_backend']})")
+            try:
+                torch.multiprocessing.spawn(_rank_main, nprocs=world, args=(world, req, datalist, self))
+            except (ProcessRaisedException, ProcessExitedException) as e:
+                self._write_failure(req, e)
+        self.cleanup(req)
+        return self.stats()
+
+    @staticmethod
+    def _world_size(request: dict[str, Any]) -> int:
+        if not str(request["device"]).startswith("cuda"):
+            return int(request.get("cpu_processes") or 2)
+        gpus = str(request.get("gpus") or "all")
+        return torch.cuda.device_count() if gpus == "all" else len(gpus.split(","))
+
+    def _write_failure(self, request: dict[str, Any], error: Exception) -> None:
+        """A rank failed: all were stopped and nothing was published; the stats say so (rank 0 may not have)."""
+        if TrainingInProgress.__name__ in str(error):  # refused at its start: the stats are the other run's
+            raise TrainingInProgress(str(error).strip().splitlines()[-1]) from None
+        # a spawned rank's error arrives as its traceback text: its last "SomeError: ..." line says what happened
+        raised = [line for line in str(error).splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+        detail = (raised[-1] if raised else str(error).strip().splitlines()[0])[:300]
+        rank = getattr(error, "error_index", None)
+        stats = {
+            **super().stats(),
+            "run_id": request["run_id"],
+            "status": "failed",
+            "reason": f"training process {rank} failed ({detail}); all were stopped and the served model is unchanged",
+        }
+        logger.error(stats["reason"])
+        atomic_write_text(self._stats_path, json.dumps(stats, indent=2, default=float))
+
+    def _device(self, context: Context):
+        if not context.multi_gpu:
+            return super()._device(context)
+        device = str(context.request["device"])
+        if not device.startswith("cuda"):
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))  # share the cores
+            return torch.device("cpu")
+        local = context.request.get("local_device")
+        if local is None:
+            gpus = str(context.request.get("gpus") or "all")
+            local = context.local_rank if gpus == "all" else int(gpus.split(",")[context.local_rank])
+        torch.cuda.set_device(int(local))
+        return torch.device(f"cuda:{int(local)}")
+
+    def _create_network_and_optimizer(self, context: Context):
+        network = self.network(context).to(context.device)
+        context.network = network
+        optimizer = self.optimizer(context)
+        if context.multi_gpu:
+            ids = [context.device.index] if context.device.type == "cuda" else None
+            network = DistributedDataParallel(
+                network,
+                device_ids=ids,
+                output_device=ids[0] if ids else None,
+                find_unused_parameters=self._find_unused_parameters,
+            )
+        return network, optimizer
+
     def stats(self):
         """The last run's stats; a run still marked running whose process is gone says it was interrupted."""
         stats = super().stats()
-        if stats.get("status") == "running" and not _alive(stats.get("pid")):
+        # the run's lock, not its pid: a replica on another host shares the model dir, not the process table
+        if stats.get("status") == "running" and not training_in_progress(self._publish_path):
             stats["status"] = "interrupted"
             stats["reason"] = (
                 f"the training process ended without finishing (killed or crashed) after epoch {stats.get('epoch')}; "
@@ -153,6 +287,15 @@ class LnnodeTrainTask(BasicTrainTask):
         val_keys = set(keys[:n_val])
         return [i for i in ranked if key[i["id"]] not in val_keys], [i for i in ranked if key[i["id"]] in val_keys]
 
+    def _dataset(self, context, datalist, is_train, replace_rate=0.25):
+        """MONAI Label's dataset without its partition per rank: the train loaders shard themselves (``shard``)
+        and validation, on rank 0 alone, sees every validation image."""
+        multi, context.multi_gpu = context.multi_gpu, False
+        try:
+            return super()._dataset(context, datalist, is_train, replace_rate)
+        finally:
+            context.multi_gpu = multi
+
     def load_path(self, output_dir, pretrained=True):
         return None  # initial weights come from the served checkpoint (see network())
 
@@ -189,7 +332,7 @@ class LnnodeTrainTask(BasicTrainTask):
             return None, f"the served model is unusable ({e}): not compared"
         if served.meta.get("preprocessing") != context.preprocessing:
             return None, "the served model preprocesses differently: not compared"
-        network = context.network.module if hasattr(context.network, "module") else context.network
+        network = unwrap(context.network)
         trained = {k: v.detach().clone() for k, v in network.state_dict().items()}
         try:
             network.load_state_dict(served.state_dict)
@@ -207,12 +350,12 @@ class LnnodeTrainTask(BasicTrainTask):
 
     # -- engines ------------------------------------------------------------------------------------
     def _create_evaluator(self, context: Context):
-        if not context.val_datalist:
+        if not context.val_datalist or context.local_rank != 0:  # only rank 0 validates
             return None
         return SupervisedEvaluator(
             device=context.device,
             val_data_loader=self.val_data_loader(context),
-            network=context.network,
+            network=unwrap(context.network),  # DDP's forward may sync buffers with ranks that are not validating
             iteration_update=self.val_iteration_update(context),
             inferer=self.val_inferer(context),
             key_val_metric=self.val_key_metric(context),
@@ -242,6 +385,25 @@ class LnnodeTrainTask(BasicTrainTask):
         )
 
     def finalize(self, context: Context):
+        if context.multi_gpu:
+            # before rank 0 publishes: every rank has finished its last step (a rank that failed never gets here)
+            context.trainer.add_event_handler(Events.COMPLETED, lambda _: dist.barrier())
+        if context.local_rank == 0:
+            self._attach_publisher(context)
+        budget = float(context.request.get("max_train_minutes") or 0)
+        if budget > 0:  # a wall-clock budget (benchmarks): stop, then publish as after the last epoch
+            deadline = context.start_ts + 60.0 * budget
+
+            def stop_at_deadline(engine):
+                late = torch.tensor([float(time.time() > deadline)], device=context.device)
+                if context.multi_gpu:  # rank 0's clock decides for all: every rank stops at the same step
+                    dist.broadcast(late, src=0)
+                if late.item():
+                    engine.terminate()
+
+            context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
+
+    def _attach_publisher(self, context: Context) -> None:
         publisher = PublishBestModel(
             context,
             task=self.checkpoint_task,
@@ -254,17 +416,12 @@ class LnnodeTrainTask(BasicTrainTask):
         )
         publisher.attach(context.trainer, context.evaluator)
         context.publisher = publisher
-        budget = float(context.request.get("max_train_minutes") or 0)
-        if budget > 0:  # a wall-clock budget (benchmarks): stop, then publish as after the last epoch
-            deadline = context.start_ts + 60.0 * budget
-
-            def stop_at_deadline(engine):
-                if time.time() > deadline:
-                    engine.terminate()
-
-            context.trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_deadline)
 
     def train(self, rank, world_size, request, datalist):
+        if request.get("multi_gpu") and request.get("seed") is not None:
+            set_determinism(int(request["seed"]) + rank)  # each rank its own augmentation and sampling
         super().train(rank, world_size, request, datalist)
+        if rank != 0:
+            return {"rank": rank, "status": "done"}  # rank 0 publishes and reports
         with open(self._stats_path) as f:
             return json.load(f)

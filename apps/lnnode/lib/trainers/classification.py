@@ -221,7 +221,9 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         n_pos = float((labels * boost).sum())
         counts = {1.0: max(n_pos, 1e-6), 0.0: max(float(((1 - labels) * boost).sum()), 1e-6)}
         weights = torch.tensor([1.0 / counts[float(y)] for y in labels], dtype=torch.double) * boost
-        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
+        # distributed: every rank draws its share of the samples (the same count, so the same number of steps)
+        per_rank = -(-len(labels) // context.world_size) if context.multi_gpu else len(labels)
+        sampler = WeightedRandomSampler(weights, num_samples=per_rank, replacement=True)
         return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=0)
 
     def val_data_loader(self, context, num_workers=0):

@@ -61,7 +61,7 @@ from lnnode.transforms import (
     suppress_nested,
 )
 
-from .base import LnnodeTrainTask
+from .base import LnnodeTrainTask, shard, unwrap
 from .datalist import corrections_in
 from .handlers import DetectionCPM
 
@@ -110,6 +110,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
             model_dir=model_dir,
             publish_path=publish_path,
             served_paths=served_paths,
+            find_unused_parameters=True,  # a patch without a node leaves the box-regression head without gradient
             description=f"Train the lymph-node detector from labelled {'2D images' if planar else 'volumes'}",
             labels=["lymph_node"],
             config=defaults,
@@ -239,7 +240,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, collate_fn=no_collation)
 
     def train_data_loader(self, context, num_workers=0, shuffle=True):
-        return self._loader(context, context.train_datalist, context.train_batch_size, True)
+        return self._loader(context, shard(context.train_datalist, context), context.train_batch_size, True)
 
     def val_data_loader(self, context, num_workers=0):
         return self._loader(context, context.val_datalist, context.val_batch_size, False)
@@ -305,7 +306,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
             for sample in batch:
                 image = sample["image"].to(context.device)
                 roi = clamp_roi(spec.roi_size, image.shape[1:], spec.size_divisible)
-                detector = build_detector(spec, context.network, device=context.device, score_thresh=0.02)
+                detector = build_detector(spec, unwrap(context.network), device=context.device, score_thresh=0.02)
                 detector.set_sliding_window_inferer(roi_size=roi, overlap=spec.overlap, device=context.device)
                 detector.eval()
                 with torch.no_grad(), torch.autocast("cuda", enabled=context.device.type == "cuda" and self._amp):
