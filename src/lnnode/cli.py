@@ -103,6 +103,14 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, help="classifier: node crops per step (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="distributed data parallel over this many GPUs, one process each (with --device cpu: this many "
+        "gloo processes, a check of the distributed path without GPUs). Under torchrun, lnnode train joins the "
+        "launcher's process group instead (e.g. torchrun --nnodes 2 --nproc-per-node 4 ... -m lnnode.cli train ...)",
+    )
+    p.add_argument(
         "--modality",
         choices=["ct", "mr", "us"],
         help="intensity normalisation of a new model (default: ct; us for the 2D models)",
@@ -129,6 +137,9 @@ def _run_train(args) -> int:
     extra = {"patches_per_image": args.patches, "publish": args.publish}
     if args.batch_size:
         extra["train_batch_size"] = args.batch_size
+    if args.gpus > 1:
+        gpus = {"gpus": ",".join(map(str, range(args.gpus)))} if args.device.startswith("cuda") else {}
+        extra.update(multi_gpu=True, cpu_processes=args.gpus, **gpus)
     stats = train_model(
         args.model,
         studies=args.studies,
@@ -144,6 +155,8 @@ def _run_train(args) -> int:
         seed=args.seed,
         extra=extra,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # a torchrun worker: rank 0 publishes and reports
     keys = ("status", "reason", "best_metric", "best_metric_epoch", "compared_with_served")
     print(json.dumps({k: stats.get(k) for k in keys}, indent=2))
     return 0 if stats.get("status") in ("published", "kept_previous") else 1
@@ -265,13 +278,16 @@ def _run_rollback(args) -> int:
 
 
 def _add_infer(sub) -> None:
+    from lnnode.distributed import add_ray_arguments
+
     p = sub.add_parser(
         "infer",
         help="run the pipeline (detect, classify, measure, rules) on image files, without a server",
         description="SOURCE: an image file (.nii.gz, .nii, .nrrd, .mha), a folder of them, or a folder holding one "
         "DICOM series. Writes <case>.json (the result contract, world LPS mm) and <case>.mrk.json (Slicer "
-        "markups of the boxes) per case to --out, with the models the server serves from --model-dir (else the "
-        "demo models) and the server's parameter checks.",
+        "markups of the boxes) per case to --out as each case finishes, with the models the server serves from "
+        "--model-dir (else the demo models) and the server's parameter checks. A case whose outputs are complete "
+        "already is skipped, so a stopped run resumes; --ray runs the cases on a Ray cluster.",
     )
     p.add_argument("source", help="image file, folder of image files, or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -283,7 +299,7 @@ def _add_infer(sub) -> None:
     p.add_argument("--tta", type=int, help="flips averaged per node, 1-8 (default 8)")
     p.add_argument("--p-thresh", type=float, help="p_metastasis from which a node is suspicious (default 0.5)")
     p.add_argument("--suspicious-by", choices=["classifier", "size_10mm", "morphology"], help="staging criterion")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (with --ray: cuda, each worker's own GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--dicom",
@@ -291,15 +307,23 @@ def _add_infer(sub) -> None:
         help="also write a DICOM SEG + SR of each result to <case>.dicom/ (with the image as a DICOM series "
         "when it is not one)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run every case again, also those whose outputs are complete (default: skip them)",
+    )
+    add_ray_arguments(p)
     p.set_defaults(run=_run_infer)
 
 
 def _run_infer(args) -> int:
+    from lnnode.distributed import ray_options
     from lnnode.inference import infer_files
 
     names = ("score_thresh", "nms_thresh", "max_boxes", "tta", "p_thresh", "suspicious_by", "device")
     params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     demo = None if args.no_demo_weights else DEMO_MODEL_DIR
+    ray = ray_options(args.ray, args.device, args.workers, args.cpus_per_worker, args.gpus_per_worker)
     report = infer_files(
         args.source,
         args.out,
@@ -309,9 +333,53 @@ def _run_infer(args) -> int:
         progress=not args.no_progress,
         verbose=args.verbose,
         dicom=args.dicom,
+        force=args.force,
+        ray=ray,
     )
     print(report.summary())
-    return 0 if report.written and not report.failed else 1
+    return 0 if (report.written or report.skipped) and not report.failed else 1
+
+
+def _add_score(sub) -> None:
+    from lnnode.distributed import add_ray_arguments
+
+    p = sub.add_parser(
+        "score",
+        help="compute the active-learning uncertainty of every unlabelled image of a studies folder",
+        description="Scores every image of STUDIES without a --label-tag label as the server's "
+        "lymph_node_uncertainty scoring method does (node-probability entropy + detection disagreement under a "
+        "left-right flip) and stores the scores in the datastore's image info, where the server's 'uncertain' "
+        "strategy reads them. An image scored by the models now in service is skipped (--force rescores it); "
+        "--ray scores on a Ray cluster.",
+    )
+    p.add_argument("--studies", required=True, help="studies folder (the server's datastore)")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the server's model folder (default: the app's)")
+    p.add_argument("--no-demo-weights", action="store_true", help="do not fall back to the shipped demo models")
+    p.add_argument("--label-tag", default="final", help="label tag that counts as labelled (default: final)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (with --ray: cuda, each worker's own GPU)")
+    p.add_argument("--force", action="store_true", help="score every unlabelled image again, also up-to-date ones")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
+    p.set_defaults(run=_run_score)
+
+
+def _run_score(args) -> int:
+    from lnnode.distributed import ray_options
+    from lnnode.inference import score_studies
+
+    report = score_studies(
+        args.studies,
+        args.model_dir,
+        None if args.no_demo_weights else DEMO_MODEL_DIR,
+        device=args.device,
+        label_tag=args.label_tag,
+        force=args.force,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+        ray=ray_options(args.ray, args.device, args.workers, args.cpus_per_worker, args.gpus_per_worker),
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
 
 
 def _add_export(sub) -> None:
@@ -371,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_evaluate,
         _add_infer,
+        _add_score,
         _add_export,
         _add_demo_weights,
         _add_rollback,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,14 @@ from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NodeUncertaintyScoring", "SCORE_KEY", "binary_entropy", "detection_disagreement", "mirror_nodes"]
+__all__ = [
+    "NodeUncertaintyScoring",
+    "SCORE_KEY",
+    "ScoringPlan",
+    "binary_entropy",
+    "detection_disagreement",
+    "mirror_nodes",
+]
 
 SCORE_KEY = "lymph_node_uncertainty"
 
@@ -89,6 +97,21 @@ def detection_disagreement(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> 
             disagreement += abs(node["detection_score"] - b[best]["detection_score"])
     disagreement += sum(b[j]["detection_score"] for j in unmatched_b)
     return float(min(disagreement / total, 1.0))
+
+
+@dataclass
+class ScoringPlan:
+    """What a scoring run has to do: ``todo`` (image id, 2D or not, the image's path or its case's sequence
+    paths), ``skipped`` (up to date, or no model of its kind yet), ``failed`` (why), the versions of the models
+    in service per kind (True: 2D) and the kinds with a detector (``ready``; none: ``reason`` says so)."""
+
+    versions: dict[bool, dict[str, str | None]]
+    ready: set[bool]
+    todo: list[tuple[str, bool, str | list[str]]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    suffixes: list[str] = field(default_factory=list)
+    reason: str | None = None
 
 
 class NodeUncertaintyScoring(ScoringMethod):
@@ -161,7 +184,8 @@ class NodeUncertaintyScoring(ScoringMethod):
             "seconds": round(time.perf_counter() - begin, 2),
         }
 
-    def __call__(self, request, datastore: Datastore):
+    def plan(self, request, datastore: Datastore) -> ScoringPlan:
+        """What a run for ``request`` has to score (see :class:`ScoringPlan`); reads no image beyond its header."""
         force = str(request.get("force", False)).lower() in ("true", "1", "yes")
         if hasattr(datastore, "reload"):
             datastore.reload()  # scores and labels other processes wrote
@@ -169,46 +193,67 @@ class NodeUncertaintyScoring(ScoringMethod):
         limit = int(request.get("limit") or 0)
         versions = {kind: self._versions(p) for kind, p in self.pipelines.items()}
         ready = {kind for kind, p in self.pipelines.items() if versions[kind].get(p.detection.name) is not None}
-        every = {name: v for kind in versions for name, v in versions[kind].items()}
+        plan = ScoringPlan(versions=versions, ready=ready)
         if not ready:
-            return {"scored": [], "skipped": [], "failed": {}, "reason": "no detector weights: nothing to score with"}
-        suffixes = self.pipeline.channel_suffixes() if self.pipeline is not None and False in ready else []
-        described = self._describe(datastore, suffixes) if self.describe and False in ready else []
-        scored, skipped, failed = [], [], {}
+            plan.reason = "no detector weights: nothing to score with"
+            return plan
+        if self.pipeline is not None and False in ready:
+            plan.suffixes = self.pipeline.channel_suffixes()
+        suffixes = plan.suffixes
         for image_id in sorted(datastore.get_unlabeled_images(tag)):
             if image_id.endswith(tuple(suffixes)) and suffixes:
                 continue  # another sequence of a case, not a case
             previous = datastore.get_image_info(image_id).get(SCORE_KEY) or {}
             if not force and any(previous.get("models") == versions[k] for k in ready):
-                skipped.append(image_id)  # scored by the models in service: its kind need not be read
+                plan.skipped.append(image_id)  # scored by the models in service: its kind need not be read
                 continue
             try:
                 kind = is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True))
             except Exception as e:  # noqa: BLE001 - an unreadable image is named, the others go on
-                failed[image_id] = str(e)
+                plan.failed[image_id] = str(e)
                 continue
             if kind not in ready:
-                skipped.append(image_id)  # no model of its kind yet
+                plan.skipped.append(image_id)  # no model of its kind yet
                 continue
-            if limit and len(scored) >= limit:
+            if limit and len(plan.todo) >= limit:
                 break
-            pipeline = self.pipelines[kind]
             ids = [image_id] if kind else [image_id, *companion_ids(image_id, suffixes)]
             paths = [datastore.get_image_uri(i) for i in ids]
+            if not all(paths):
+                logger.warning(f"{image_id}: not scored: a sequence {suffixes} is missing")
+                plan.failed[image_id] = f"a sequence {suffixes} is missing"
+                continue
+            plan.todo.append((image_id, kind, paths if len(paths) > 1 else paths[0]))
+        return plan
+
+    def score_case(
+        self, image_id: str, planar: bool, image: str | list[str], device: str, models: dict[str, str | None]
+    ) -> dict[str, Any]:
+        """What is stored under ``SCORE_KEY`` for one image of a plan: its :meth:`score_image` by the pipeline of
+        its kind, the versions of the ``models`` that computed it and when. What a worker of a pool calls."""
+        info = self.score_image(image, image_id, device, self.pipelines[planar])
+        info.update(models=models, ts=int(time.time()))
+        return info
+
+    def __call__(self, request, datastore: Datastore):
+        plan = self.plan(request, datastore)
+        if plan.reason is not None:
+            return {"scored": [], "skipped": [], "failed": {}, "reason": plan.reason}
+        every = {name: v for kind in plan.versions for name, v in plan.versions[kind].items()}
+        described = self._describe(datastore, plan.suffixes) if self.describe and False in plan.ready else []
+        scored, failed = [], dict(plan.failed)
+        for image_id, kind, image in plan.todo:
+            device = request.get("device") or self.pipelines[kind].detection._config.get("device") or "cpu"
             try:
-                if not all(paths):
-                    raise ValueError(f"a sequence {suffixes} is missing")
-                device = request.get("device") or pipeline.detection._config.get("device") or "cpu"
-                info = self.score_image(paths if len(paths) > 1 else paths[0], image_id, device, pipeline)
+                info = self.score_case(image_id, kind, image, device, plan.versions[kind])
             except Exception as e:  # one bad image must not stop the others' scores
                 logger.warning(f"{image_id}: not scored: {e}")
                 failed[image_id] = str(e)
                 continue
-            info.update(models=versions[kind], ts=int(time.time()))
             datastore.update_image_info(image_id, {SCORE_KEY: info})
             scored.append(image_id)
-        logger.info(f"uncertainty: scored {len(scored)}, up to date {len(skipped)}, failed {len(failed)}")
-        return {"scored": scored, "skipped": skipped, "failed": failed, "models": every, "described": described}
+        logger.info(f"uncertainty: scored {len(scored)}, up to date {len(plan.skipped)}, failed {len(failed)}")
+        return {"scored": scored, "skipped": plan.skipped, "failed": failed, "models": every, "described": described}
 
     def _describe(self, datastore: Datastore, suffixes: list[str], batch: int = 64) -> list[str]:
         """Store the appearance of every case (labelled or not) that lacks one for this preprocessing;
