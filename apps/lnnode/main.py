@@ -43,7 +43,7 @@ class LymphNodeApp(MONAILabelApp):
         os.makedirs(o.model_dir, exist_ok=True)
         self.models = init_task_configs(o.models, o.model_dir, conf, o.demo_dir)
         logger.info(f"+++ lnnode models: {list(self.models)}")
-        self.auto_train = AutoTrain(o.auto_train_every, o.auto_train_models, o.auto_train_params)
+        self.auto_train = AutoTrain(o.auto_train_every, o.auto_train_models, o.auto_train_params, model_dir=o.model_dir)
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -16,8 +16,10 @@ What it adds to the stock datastore:
 * files are written to a temp file and renamed, and a replaced label is kept under
   ``labels/<tag>/.history/`` instead of being overwritten (its label info lists the versions);
 * the datastore file (``datastore_v2.json``) is written atomically, and every change re-reads it
-  under the lock first: the server and its scoring/training processes each hold a copy in memory,
-  and a write from a stale copy would drop the others' changes (a label's info, an image's scores);
+  under the lock first: the server, its scoring/training processes and other server replicas on the
+  same folder each hold a copy in memory, and a write from a stale copy would drop the others' changes
+  (a label's info, an image's scores); every read re-reads it too when it changed (an image uploaded or
+  a label saved through another replica is served at once);
 * a reviewed label (any tag but ``original``) is compared with the model's ``original`` result of
   the case, and what the reader changed is kept in its info (``review``, see :mod:`lnnode.corrections`);
 * unknown ids answer 404 instead of 500;
@@ -119,20 +121,22 @@ class LnnodeDatastore(LocalDatastore):
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _reload_if_changed(self) -> None:
-        """Re-read the datastore file when another process wrote it (before a change: with the lock held)."""
+        """Re-read the datastore file when another process (a scoring or training process, another server
+        replica) wrote it. Under the lock: a read never swaps the copy that a save in progress is changing."""
         path = self._datastore_config_path
-        try:
-            f = open(path)  # noqa: SIM115 - closed below; identity and content from the same open file
-        except FileNotFoundError:
-            return
-        with f:
-            seen = self._identity(os.fstat(f.fileno()))
-            if seen == getattr(self, "_seen", None):
+        with self._file_lock:
+            try:
+                f = open(path)  # noqa: SIM115 - closed below; identity and content from the same open file
+            except FileNotFoundError:
                 return
-            fresh = LocalDatastoreModel.model_validate_json(f.read())
-        fresh.base_path = self._datastore_path
-        self._datastore = fresh
-        self._seen = seen
+            with f:
+                seen = self._identity(os.fstat(f.fileno()))
+                if seen == getattr(self, "_seen", None):
+                    return
+                fresh = LocalDatastoreModel.model_validate_json(f.read())
+            fresh.base_path = self._datastore_path
+            self._datastore = fresh
+            self._seen = seen
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
@@ -166,7 +170,7 @@ class LnnodeDatastore(LocalDatastore):
         with self._file_lock:
             super()._reconcile_datastore()
 
-    # reads see what other processes wrote (the file is replaced atomically, so no lock is needed)
+    # reads see what other processes wrote: an image uploaded or a label saved through another replica
     def json(self):
         self._reload_if_changed()
         return super().json()
@@ -183,8 +187,22 @@ class LnnodeDatastore(LocalDatastore):
         self._reload_if_changed()
         return super().status()
 
+    def list_images(self) -> list[str]:
+        self._reload_if_changed()
+        return super().list_images()
+
+    def get_labeled_images(self, label_tag=None, labels=None) -> list[str]:
+        self._reload_if_changed()
+        return super().get_labeled_images(label_tag, labels)
+
+    def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
+        self._reload_if_changed()
+        return super().get_labels_by_image_id(image_id)
+
     # -- helpers ------------------------------------------------------------------------------------
     def _object(self, image_id: str) -> ImageLabelModel:
+        """The current entry of an image (re-read if another process changed the file); 404 if there is none."""
+        self._reload_if_changed()
         obj = self._datastore.objects.get(check_name(image_id, "image id"))
         if not obj:
             raise NotFound(f"image {image_id!r} is not in the datastore")
@@ -209,25 +227,31 @@ class LnnodeDatastore(LocalDatastore):
         except ImageError as e:
             raise Unprocessable(f"image {image_id!r} was not stored: {e.reason}") from None
 
-        existing = self._datastore.objects.get(image_id)
-        if existing:
-            current = self.get_image_uri(image_id)
-            if existing.image.ext == suffix and filecmp.cmp(current, image_filename, shallow=False):
-                return image_id  # the same upload again: nothing to do
-            raise RequestError(
-                f"image {image_id!r} already exists with other content; remove it first or use another id",
-                status_code=409,
-            )
-
         name = self._filename(image_id, suffix)
         dest = self._inside(os.path.join(self._datastore.image_path(), name), f"image {image_id!r}")
         with self._file_lock:
             self._reload_if_changed()
+            # under the lock: an upload of the same id through another server replica is seen, not overwritten
+            if self._is_stored(image_id, suffix, image_filename):
+                return image_id  # the same upload again: nothing to do
             atomic_copy(image_filename, dest)
             info.update(ts=int(time.time()), name=name)
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
             self._update_datastore_file(lock=False)
         return image_id
+
+    def _is_stored(self, image_id: str, suffix: str, image_filename: str) -> bool:
+        """True when the datastore has this image under ``image_id`` already, False when the id is free; 409 when
+        the id holds other content."""
+        existing = self._datastore.objects.get(image_id)
+        if not existing:
+            return False
+        if existing.image.ext == suffix and filecmp.cmp(self.get_image_uri(image_id), image_filename, shallow=False):
+            return True
+        raise RequestError(
+            f"image {image_id!r} already exists with other content; remove it first or use another id",
+            status_code=409,
+        )
 
     def remove_image(self, image_id: str) -> None:
         self._object(image_id)
@@ -248,6 +272,7 @@ class LnnodeDatastore(LocalDatastore):
 
     def get_image_uri(self, image_id: str) -> str:
         check_name(image_id, "image id")
+        self._reload_if_changed()
         return self._inside(super().get_image_uri(image_id), f"image {image_id!r}")
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
@@ -415,6 +440,7 @@ class LnnodeDatastore(LocalDatastore):
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         check_name(label_id, "label id")
         check_name(label_tag, "label tag")
+        self._reload_if_changed()
         return self._inside(super().get_label_uri(label_id, label_tag), f"label {label_id!r} ({label_tag})")
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:

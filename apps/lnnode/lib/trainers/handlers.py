@@ -3,6 +3,12 @@
 The publisher keeps the best checkpoint of a run (with its metadata) and publishes it to the infer
 task's model path only when training completes, atomically; an interrupted or failed training
 leaves the served model untouched. Train stats are rewritten (atomically) after every epoch.
+
+One training of a model at a time: from its start to its end a run holds ``<model_dir>/<name>.train.lock``
+(an flock, released by the kernel when the process dies). Several server replicas share one model dir,
+and each one starts the trainings it is asked for in a process of its own; a second run of a model
+whose lock is held stops at its start (:class:`TrainingInProgress`) before it writes anything, so two runs
+never write one best checkpoint, one stats file or one published model at once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
@@ -26,7 +33,36 @@ from lnnode.metrics.detection import cpm, froc, match_volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionCPM", "PublishBestModel"]
+__all__ = ["DetectionCPM", "PublishBestModel", "TrainingInProgress", "train_lock_path", "training_in_progress"]
+
+
+class TrainingInProgress(RuntimeError):
+    """Another training of the same model holds its lock (in this server, or in another replica)."""
+
+
+def train_lock_path(model_path: str) -> str:
+    """The lock a training of the model published at ``model_path`` holds while it runs: ``<name>.train.lock``."""
+    return os.path.splitext(model_path)[0] + ".train.lock"
+
+
+def _try_lock(model_path: str) -> FileLock | None:
+    """The training lock of the model at ``model_path``, taken; None when another holder has it."""
+    lock = FileLock(train_lock_path(model_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def training_in_progress(model_path: str) -> bool:
+    """Whether a process (any replica's, on any host sharing the folder by a file system with flock) is training
+    the model published at ``model_path`` now."""
+    lock = _try_lock(model_path)
+    if lock is None:
+        return True
+    lock.release()
+    return False
 
 
 class DetectionCPM(Metric):
@@ -95,7 +131,11 @@ class PublishBestModel:
         self.served_metric = served_metric
         self.gate = gate
         self.comparison: dict[str, Any] | None = None
-        self.best_path = os.path.join(context.output_dir, "best.pt")
+        # MONAI Label's output dir (<model_dir>/<request name>, "train_01" unless the request names one) is the
+        # same for every model: the best checkpoint is named after the model, whose lock guards it
+        stem = os.path.splitext(os.path.basename(model_path))[0]
+        self.best_path = os.path.join(context.output_dir, f"{stem}.best.pt")
+        self._lock: FileLock | None = None
         self.best_metric = -np.inf
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -103,11 +143,27 @@ class PublishBestModel:
         self.reason = ""
 
     def attach(self, trainer: Engine, evaluator: Engine | None) -> None:
+        trainer.add_event_handler(Events.STARTED, self._take_lock)
         # stats from the start: a run killed in its first epoch still shows (as interrupted)
         trainer.add_event_handler(Events.STARTED, self._write_stats)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         trainer.add_event_handler(Events.COMPLETED, self._completed)
         trainer.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _take_lock(self, trainer: Engine) -> None:
+        """Hold the model's training lock for the run; TrainingInProgress when another run holds it."""
+        self._lock = _try_lock(self.model_path)
+        if self._lock is None:
+            name = os.path.splitext(os.path.basename(self.model_path))[0]
+            raise TrainingInProgress(
+                f"another training of {name} is running ({train_lock_path(self.model_path)} is held, maybe by "
+                "another server replica): this run stopped before writing anything; train again when it has finished"
+            )
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         network = self.context.network
@@ -120,7 +176,10 @@ class PublishBestModel:
         if evaluator is not None and evaluator.state.metrics:
             metric = float(evaluator.state.metrics.get(self.metric_name, np.nan))
         loss = trainer.state.metrics.get("train_loss")
-        self.history.append({"epoch": trainer.state.epoch, "train_loss": loss, self.metric_name: metric})
+        elapsed = round(time.time() - self.context.start_ts, 1)  # since the run started: time per round, per epoch
+        self.history.append(
+            {"epoch": trainer.state.epoch, "train_loss": loss, self.metric_name: metric, "elapsed_s": elapsed}
+        )
         improved = metric is None or (np.isfinite(metric) and metric >= self.best_metric)
         if improved:
             self.best_metric = metric if metric is not None else -np.inf
@@ -148,6 +207,7 @@ class PublishBestModel:
             self.status = "not_published"
             self.reason = "no checkpoint was saved"
         self._write_stats(trainer)
+        self._release_lock()
 
     def _keeps_served_model(self) -> bool:
         """True when the model in service scores better on this run's validation set (nothing published)."""
@@ -167,9 +227,12 @@ class PublishBestModel:
         return True
 
     def _failed(self, trainer: Engine, e: Exception) -> None:
+        if self._lock is None:  # refused at the start: the stats are the running training's, not this run's
+            raise e
         self.status = "failed"
         self.reason = f"{type(e).__name__}: {e} (the served model is unchanged)"
         self._write_stats(trainer)
+        self._release_lock()
         raise e
 
     def stats(self, trainer: Engine) -> dict[str, Any]:
