@@ -10,7 +10,7 @@ requests one at a time, then N at once (threads), and reports throughput, p50/p9
 to answer received) and the server's peak memory (VmHWM of its process).
 
 With ``--replicas R`` (R > 1) it then stops that server and starts R servers on the same studies folder and
-model dir (the deployment of docs/hardening.md, "Several server replicas"), each limited to
+model dir (the deployment of docs/scaling.md, "Many readers"), each limited to
 ``--threads-per-server`` torch threads (default: the cores shared out, so the replicas do not oversubscribe
 them), loads the models in each, and sends the same N concurrent requests spread over them round-robin by
 this client (request i to replica i mod R: what a reverse proxy's round-robin upstream does; no proxy runs

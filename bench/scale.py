@@ -18,6 +18,9 @@ and writes its part of ``--out``/scale.json, keeping the other sections' parts; 
   epoch after the first (the first reads and caches the images), the whole command's wall time, and the best
   validation metric of each (not comparable run to run beyond a rough check: a DDP step is two half batches).
 
+* ``replicas``: ``bench/load.py --replicas 2``: 8 concurrent pipeline requests to one server and to 2 replicas on
+  one studies folder (round-robin from the client), throughput and p50/p95 latency (its ``load.json``, embedded).
+
 Phantoms, demo models, CPU only unless ``--device cuda``; the figures are about throughput, not accuracy.
 """
 
@@ -157,7 +160,21 @@ def ddp_section(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"ray": ray_section, "ddp": ddp_section}
+def replicas_section(args: argparse.Namespace) -> dict[str, Any]:
+    """One server vs 2 replicas under concurrent load: bench/load.py's figures (module doc)."""
+    out = Path(args.out) / "replicas"
+    cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--out", str(out), "--replicas", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return {"command": "python bench/load.py --replicas 2", **json.loads((out / "load.json").read_text())}
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "ray": ray_section,
+    "ddp": ddp_section,
+    "replicas": replicas_section,
+}
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,24 @@ def test_a_pacs_that_is_down_or_too_slow_is_named(orthanc, pacs, tmp_path):
             stalled.sync(required=True)
         assert caught.value.status_code == 504 and "did not answer within 1 s" in caught.value.detail
         assert time.perf_counter() - begin < 10, "no hang"
+
+
+def test_two_replicas_on_one_cache_fetch_each_series_once(orthanc, pacs, tmp_path):
+    """Server replicas share a PACS cache: two datastores syncing it at once (as two replicas starting together)
+    fetch each series once, and both serve every series."""
+    fetched: list[str] = []
+
+    class Counting(DicomwebDatastore):
+        def _retrieve(self, uid, study_uid, folder):
+            fetched.append(uid)
+            super()._retrieve(uid, study_uid, folder)
+
+    cache = str(tmp_path / "shared-cache")
+    with ThreadPoolExecutor(2) as pool:
+        stores = list(pool.map(lambda _: Counting(orthanc.dicomweb, cache, refresh_s=3600), range(2)))
+    assert sorted(fetched) == sorted([pacs["ct"], pacs["mr"]]), "each series fetched once"
+    for store in stores:
+        assert {pacs["ct"], pacs["mr"]} <= set(store.list_images())
 
 
 def test_a_pacs_that_stops_while_serving_leaves_the_cached_series_served(server, orthanc, pacs):

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from typing import Any
 import requests
 import SimpleITK as sitk
 from dicomweb_client.api import DICOMwebClient
+from filelock import FileLock
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
@@ -91,9 +91,10 @@ class DicomwebDatastore(LnnodeDatastore):
         self.client = client
         self.timeout_s = timeout_s
         self._synced_at = 0.0
-        self._sync_lock = threading.Lock()
-        self._writeback = WriteBack(self)
         os.makedirs(cache, exist_ok=True)
+        # file locks, not thread locks: server replicas sharing one cache fetch a series once, store a review once
+        self._sync_lock = FileLock(os.path.join(cache, ".sync.lock"))
+        self._writeback = WriteBack(self, os.path.join(cache, ".writeback.lock"))
         super().__init__(cache, auto_reload=False)
         self.sync(required=False)
 
@@ -171,14 +172,16 @@ class DicomwebDatastore(LnnodeDatastore):
     def source_folder(self, uid: str) -> str:
         """The folder of the series' DICOM instances, which the SEG and SR reference."""
         folder = os.path.join(self._datastore_path, SOURCE_DIR, check_name(uid, "series id"))
-        if not os.path.isdir(folder):
-            self._fetch(uid, self.get_image_info(uid).get("StudyInstanceUID"), None)
+        with self._sync_lock:
+            if not os.path.isdir(folder):
+                self._fetch(uid, self.get_image_info(uid).get("StudyInstanceUID"), None)
         return folder
 
     def sync(self, required: bool = True) -> list[str]:
         """Fetch the series the PACS has and the cache has not; the ids fetched. ``required``: a PACS that
         fails is an error (502/504), else it is logged and the cache is served as it is."""
         with self._sync_lock:
+            self.reload()  # what another replica cached meanwhile is not fetched again
             try:
                 remote = self.remote_series()
             except PacsError as e:

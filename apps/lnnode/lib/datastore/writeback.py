@@ -19,12 +19,12 @@ import glob
 import logging
 import os
 import shutil
-import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pydicom
+from filelock import FileLock, Timeout
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 import lnnode
@@ -46,11 +46,12 @@ _CURRENT = ("study", "seg_series", "sr_series", "sr_instance", "nodes", "stored_
 
 
 class WriteBack:
-    """Writes back the final labels of one :class:`DicomwebDatastore`; one write-back at a time."""
+    """Writes back the final labels of one :class:`DicomwebDatastore`; one write-back at a time, over every server
+    replica that shares the cache (``lock_path``: a file lock in it)."""
 
-    def __init__(self, store: DicomwebDatastore):
+    def __init__(self, store: DicomwebDatastore, lock_path: str):
         self.store = store
-        self._lock = threading.Lock()
+        self._lock = FileLock(lock_path)
 
     @staticmethod
     def pending_record(record: dict[str, Any] | None) -> dict[str, Any]:
@@ -61,7 +62,9 @@ class WriteBack:
     def run(self, image_id: str, blocking: bool = True) -> dict[str, Any] | None:
         """Store the case's final label on the PACS; its record. None: another write-back is running and
         ``blocking`` is off. A PACS that is away: the record stays pending and PacsError is raised."""
-        if not self._lock.acquire(blocking=blocking):
+        try:
+            self._lock.acquire(timeout=-1 if blocking else 0)
+        except Timeout:
             return None
         try:
             return self._run(image_id)
