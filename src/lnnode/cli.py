@@ -140,6 +140,8 @@ def _run_train(args) -> int:
     if args.gpus > 1:
         gpus = {"gpus": ",".join(map(str, range(args.gpus)))} if args.device.startswith("cuda") else {}
         extra.update(multi_gpu=True, cpu_processes=args.gpus, **gpus)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "RANK" in os.environ:
+        extra["torchrun"] = True  # started by torchrun: join its process group (a server never does by itself)
     stats = train_model(
         args.model,
         studies=args.studies,
@@ -287,9 +289,13 @@ def _add_infer(sub) -> None:
         "DICOM series. Writes <case>.json (the result contract, world LPS mm) and <case>.mrk.json (Slicer "
         "markups of the boxes) per case to --out as each case finishes, with the models the server serves from "
         "--model-dir (else the demo models) and the server's parameter checks. A case whose outputs are complete "
-        "already is skipped, so a stopped run resumes; --ray runs the cases on a Ray cluster.",
+        "already is skipped, so a stopped run resumes; --ray runs the cases on a Ray cluster. SOURCE may be a "
+        "DICOMweb root (http://pacs:8042/dicom-web) with --study/--study-list: each CT and MR series of those "
+        "studies is a case (its id the SeriesInstanceUID), fetched where it runs.",
     )
-    p.add_argument("source", help="image file, folder of image files, or DICOM series folder")
+    p.add_argument("source", help="image file, folder of image files, DICOM series folder, or DICOMweb root URL")
+    p.add_argument("--study", action="append", default=[], help="DICOMweb: a StudyInstanceUID to read (repeat)")
+    p.add_argument("--study-list", help="DICOMweb: a file of StudyInstanceUIDs, one per line ('#' comments)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the app's)")
     p.add_argument("--no-demo-weights", action="store_true", help="do not fall back to the shipped demo models")
@@ -335,9 +341,17 @@ def _run_infer(args) -> int:
         dicom=args.dicom,
         force=args.force,
         ray=ray,
+        studies=[*args.study, *_study_list(args.study_list)],
     )
     print(report.summary())
     return 0 if (report.written or report.skipped) and not report.failed else 1
+
+
+def _study_list(path: str | None) -> list[str]:
+    if path is None:
+        return []
+    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def _add_score(sub) -> None:

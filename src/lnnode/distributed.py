@@ -245,14 +245,16 @@ class Workers:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor)  # frees the cluster's resources now, even where the connection stays
-        self._actors = []
-        # a kill takes effect a moment later: a next run on the same connection must find the CPUs free
-        deadline = time.monotonic() + RELEASE_WAIT_S
-        while self._ray.available_resources().get("CPU", 0.0) < self._free_cpus and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._stack.close()
+        try:
+            for actor in self._actors:
+                self._ray.kill(actor)  # frees the cluster's resources now, even where the connection stays
+            self._actors = []
+            # a kill takes effect a moment later: a next run on the same connection must find the CPUs free
+            deadline = time.monotonic() + RELEASE_WAIT_S
+            while self._ray.available_resources().get("CPU", 0.0) < self._free_cpus and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:  # whatever failed above (a lost connection, Ctrl-C), a Ray started for the run stops
+            self._stack.close()
 
     def map(self, items: Sequence[tuple]) -> Iterator[tuple[tuple, Any]]:
         """``(item, value)`` for each item, as each finishes: the value of ``run(*item)``, or the exception it

@@ -21,13 +21,16 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 import SimpleITK as sitk
 
 from lnnode.appdir import app_module
@@ -44,6 +47,7 @@ from lnnode.contracts import (
 from lnnode.contracts.ids import InvalidName, check_name
 from lnnode.contracts.markups import markups_from_nodes
 from lnnode.dicom.export import RESULTS_SUFFIX, SEG_FILE, SR_FILE
+from lnnode.dicom.web import dicomweb_client, fetch_series, is_dicomweb, study_series
 from lnnode.distributed import RayOptions, Workers
 from lnnode.io.atomic import atomic_write_text
 from lnnode.io.image import ImageError, image_suffix, is_planar, read_geometry, read_header
@@ -121,11 +125,13 @@ class ScoreReport:
 
 @dataclass(frozen=True)
 class Case:
-    """A case to run: its id, its image (a file or a DICOM series folder) and whether it is 2D."""
+    """A case to run: its id, its image (a file or a DICOM series folder) and whether it is 2D; a series on a PACS
+    has ``remote`` (DICOMweb root, study UID, series UID) instead, and is fetched where the case runs."""
 
     id: str
     path: Path
     planar: bool
+    remote: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -257,33 +263,73 @@ class CaseRunner:
         return Outcome(case.id, nodes=nodes, seconds=round(time.perf_counter() - begin, 2))
 
     def _write(self, case: Case) -> int:
+        with _local_image(case) as path:
+            return self._write_from(case, path)
+
+    def _write_from(self, case: Case, path: Path) -> int:
         pipeline = self.pipeline(case.planar)
-        result = pipeline.result_for({**self.params, "image": str(case.path), "image_id": case.id})
+        result = pipeline.result_for({**self.params, "image": str(path), "image_id": case.id})
+        # an earlier run's SEG + SR must not stand beside the new result (a failed export would leave them "done")
+        shutil.rmtree(self.out / f"{case.id}{RESULTS_SUFFIX}", ignore_errors=True)
         atomic_write_text(self.out / f"{case.id}.json", dumps(result))
         atomic_write_text(self.out / f"{case.id}.mrk.json", json.dumps(markups_from_nodes(result["nodes"]), indent=1))
         if self.dicom and case.planar:
             raise CaseFailed("result written; DICOM SEG + SR of 2D images are not written yet")
         if self.dicom:
             try:
-                self._export(result, case, pipeline)
+                self._export(result, case, path, pipeline)
             except Exception as e:  # noqa: BLE001 - the result is written; the other cases go on
                 raise CaseFailed(f"result written, DICOM SEG + SR not: {_reason(e)}") from e
         return len(result["nodes"])
 
-    def _export(self, result: dict[str, Any], case: Case, pipeline) -> None:
+    def _export(self, result: dict[str, Any], case: Case, path: Path, pipeline) -> None:
         from lnnode.dicom import export_result
 
         modality = pipeline.detection.checkpoint().meta["preprocessing"].get("modality", "ct").upper()
         p_thresh = self.params.get("p_thresh")
         out = self.out / f"{case.id}{RESULTS_SUFFIX}"
-        export_result(result, case.path, out, modality=modality, p_thresh=0.5 if p_thresh is None else float(p_thresh))
+        export_result(result, path, out, modality=modality, p_thresh=0.5 if p_thresh is None else float(p_thresh))
 
 
-def _cases(source: str | os.PathLike, out: Path, force: bool, dicom: bool, report: InferReport) -> list[Case]:
+@contextlib.contextmanager
+def _local_image(case: Case) -> Iterator[Path]:
+    """The case's image on this machine: its path, or its series fetched from the PACS into a temp folder."""
+    if case.remote is None:
+        yield case.path
+        return
+    url, study, series = case.remote
+    with tempfile.TemporaryDirectory(prefix="lnnode-series-") as folder:
+        try:
+            fetch_series(dicomweb_client(url), study, series, folder)
+        except requests.exceptions.RequestException as e:
+            raise CaseFailed(f"series {series} not fetched from {url}: {type(e).__name__}: {e}") from None
+        yield Path(folder)
+
+
+def _pacs_cases(url: str, studies: list[str]) -> list[tuple[str, Path, tuple[str, str, str]]]:
+    """(case id = series UID, placeholder path, remote) of the CT and MR series of ``studies`` on the PACS."""
+    if not studies:
+        raise ValueError(f"{url} is a DICOMweb root: name the studies to read (--study UID, --study-list FILE)")
+    try:
+        series = study_series(dicomweb_client(url), studies)
+    except requests.exceptions.RequestException as e:
+        raise ValueError(f"the PACS at {url} could not be searched: {type(e).__name__}: {e}") from None
+    if not series:
+        raise ValueError(f"the PACS at {url} has no CT or MR series in the {len(studies)} given study(ies)")
+    return [(uid, Path(uid), (url, study, uid)) for study, uid in series]
+
+
+def _cases(
+    source: str | os.PathLike, out: Path, force: bool, dicom: bool, report: InferReport, studies: list[str]
+) -> list[Case]:
     """The cases of ``source`` to run: named well, not done (unless ``force``), of a kind that can be told (a
     header read; the pixels are read where the case runs). The others go to the report."""
     cases = []
-    for case, path in find_cases(source):
+    if is_dicomweb(source):
+        found = _pacs_cases(str(source), studies)
+    else:
+        found = [(case, path, None) for case, path in find_cases(source)]
+    for case, path, remote in found:
         try:
             check_name(case, "case id")
         except InvalidName as e:
@@ -292,11 +338,11 @@ def _cases(source: str | os.PathLike, out: Path, force: bool, dicom: bool, repor
         if not force and is_done(out, case, dicom):
             report.skipped.append(case)
             continue
-        kind = _is_planar(path)
+        kind = False if remote else _is_planar(path)  # a PACS's CT and MR series are volumes
         if isinstance(kind, str):
             report.failed[case] = kind
             continue
-        cases.append(Case(case, path, kind))
+        cases.append(Case(case, path, kind, remote))
     return cases
 
 
@@ -322,8 +368,10 @@ def infer_files(
     dicom: bool = False,
     force: bool = False,
     ray: RayOptions | None = None,
+    studies: list[str] | None = None,
 ) -> InferReport:
-    """Run the pipeline on every case of ``source``; write ``<case>.json`` and ``<case>.mrk.json`` to ``out``
+    """Run the pipeline on every case of ``source`` (a DICOMweb root: every CT and MR series of ``studies``, each
+    fetched where it runs, its id the series UID); write ``<case>.json`` and ``<case>.mrk.json`` to ``out``
     (and ``<case>.dicom/`` with ``dicom``) as each case finishes. Cases done before are skipped unless ``force``;
     ``ray``: a :class:`lnnode.distributed.RayOptions` to run them on Ray. A bad parameter, or no detector for the
     cases' kind, is a ValueError before any case runs."""
@@ -333,7 +381,7 @@ def infer_files(
     params = {"logging": "INFO" if verbose else "ERROR", **_checked_params(dict(params or {}))}
     out = Path(out)
     report = InferReport()
-    cases = _cases(source, out, force, dicom, report)
+    cases = _cases(source, out, force, dicom, report, list(studies or []))
     make = functools.partial(CaseRunner, model_dir, demo_dir, params, out, dicom)
     runner = make()
     out.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,32 @@ def test_two_replicas_on_one_cache_fetch_each_series_once(orthanc, pacs, tmp_pat
         assert {pacs["ct"], pacs["mr"]} <= set(store.list_images())
 
 
+def test_lnnode_infer_reads_a_study_list_from_the_pacs(orthanc, pacs, tmp_path, capsys):
+    """``lnnode infer <DICOMweb root> --study UID``: each CT/MR series of the study is a case named by its series
+    UID, fetched where it runs; the result equals the same series read from a folder, and a re-run skips it."""
+    import pydicom
+
+    from lnnode.cli import main
+
+    study = pydicom.dcmread(next(Path(pacs["folder"]).iterdir()), stop_before_pixels=True).StudyInstanceUID
+    listed = tmp_path / "studies.txt"
+    listed.write_text(f"# the CT study\n{study}\n")
+    out, local = tmp_path / "pacs", tmp_path / "folder"
+    common = ["--no-progress", "--tta", "1"]
+    assert main(["infer", orthanc.dicomweb, "--study-list", str(listed), "--out", str(out), *common]) == 0
+    assert main(["infer", str(pacs["folder"]), "--out", str(local), *common]) == 0
+    from_pacs = json.loads((out / f"{pacs['ct']}.json").read_text())
+    from_folder = json.loads(next(p for p in local.glob("*.json") if not p.name.endswith(".mrk.json")).read_text())
+    assert from_pacs["image"] == pacs["ct"] and len(from_pacs["nodes"]) == len(from_folder["nodes"])
+    for a, b in zip(from_pacs["nodes"], from_folder["nodes"], strict=True):
+        assert np.allclose(a["center"], b["center"], atol=1e-3) and a["p_metastasis"] == b["p_metastasis"]
+    capsys.readouterr()
+    assert main(["infer", orthanc.dicomweb, "--study", study, "--out", str(out), *common]) == 0
+    again = capsys.readouterr().out
+    assert "0 case(s) written" in again and "1 skipped" in again, again
+    assert main(["infer", orthanc.dicomweb, "--out", str(out), *common]) == 2, "a PACS root needs a study list"
+
+
 def test_a_pacs_that_stops_while_serving_leaves_the_cached_series_served(server, orthanc, pacs):
     orthanc.stop()
     begin = time.perf_counter()

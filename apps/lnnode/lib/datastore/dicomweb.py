@@ -28,11 +28,11 @@ from typing import Any
 import requests
 import SimpleITK as sitk
 from dicomweb_client.api import DICOMwebClient
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from monailabel.interfaces.datastore import DefaultLabelTag
-from pydicom.dataset import Dataset
 
 from lnnode.contracts.ids import InvalidName, check_name
+from lnnode.dicom.web import MODALITY, SERIES_UID, STUDY_UID, dicomweb_client, fetch_series, tag_value
 from lnnode.io.atomic import TEMP_DIR_NAME
 from lnnode.io.image import ImageError, read_sitk
 
@@ -44,28 +44,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DicomwebDatastore", "PacsError", "dicomweb_datastore"]
 
-_SERIES_UID, _STUDY_UID, _MODALITY = "0020000E", "0020000D", "00080060"
-_AS_STORED = (("application/dicom", "*"),)
 _INFO_FIELDS = {"00100020": "PatientID", "00080020": "StudyDate", "0008103E": "SeriesDescription"}
 SOURCE_DIR = ".dicom"  # <cache>/.dicom/<series uid>/: the series as fetched, which a SEG and an SR reference
 FINAL = DefaultLabelTag.FINAL.value
-
-
-class _TimeoutSession(requests.Session):
-    """A requests session whose every request has a timeout (DICOMwebClient sets none: a PACS could hang us)."""
-
-    def __init__(self, timeout_s: float):
-        super().__init__()
-        self.timeout_s = timeout_s
-
-    def request(self, *args, **kwargs):
-        kwargs.setdefault("timeout", self.timeout_s)
-        return super().request(*args, **kwargs)
-
-
-def _value(ds: dict[str, Any], tag: str) -> str | None:
-    values = (ds.get(tag) or {}).get("Value") or []
-    return str(values[0]) if values else None
 
 
 class DicomwebDatastore(LnnodeDatastore):
@@ -85,10 +66,7 @@ class DicomwebDatastore(LnnodeDatastore):
         self.modalities = tuple(modalities)
         self.search = dict(search or {})
         self.refresh_s = refresh_s
-        if client is None:
-            client = DICOMwebClient(url=self.url, session=_TimeoutSession(timeout_s))
-            client.set_http_retry_params(retry=False)  # its default: 5 tries over 30 s on any error, a silent stall
-        self.client = client
+        self.client = client if client is not None else dicomweb_client(self.url, timeout_s)
         self.timeout_s = timeout_s
         self._synced_at = 0.0
         os.makedirs(cache, exist_ok=True)
@@ -128,15 +106,15 @@ class DicomwebDatastore(LnnodeDatastore):
             with self.pacs(f"searching {modality} series"):
                 datasets = self.client.search_for_series(search_filters={**self.search, "Modality": modality})
             for ds in datasets:
-                uid = _value(ds, _SERIES_UID)
+                uid = tag_value(ds, SERIES_UID)
                 if uid:
                     found[uid] = ds
         return found
 
     def _info(self, ds: dict[str, Any]) -> dict[str, Any]:
-        info = {"SeriesInstanceUID": _value(ds, _SERIES_UID), "StudyInstanceUID": _value(ds, _STUDY_UID)}
-        info.update(Modality=_value(ds, _MODALITY), source=self.url)
-        info.update({name: _value(ds, tag) for tag, name in _INFO_FIELDS.items() if _value(ds, tag)})
+        info = {"SeriesInstanceUID": tag_value(ds, SERIES_UID), "StudyInstanceUID": tag_value(ds, STUDY_UID)}
+        info.update(Modality=tag_value(ds, MODALITY), source=self.url)
+        info.update({name: tag_value(ds, tag) for tag, name in _INFO_FIELDS.items() if tag_value(ds, tag)})
         return info
 
     def scratch(self) -> str:
@@ -147,11 +125,7 @@ class DicomwebDatastore(LnnodeDatastore):
 
     def _retrieve(self, uid: str, study_uid: str | None, folder: str) -> None:
         with self.pacs(f"fetching series {uid}"):
-            # as stored (transfer syntax "*"): no transcoding on the PACS, where Orthanc's GDCM plugin has
-            # crashed decoding JPEG 2000 for a WADO-RS request; SimpleITK decodes it here
-            instances = self.client.retrieve_series(study_uid, uid, media_types=_AS_STORED)
-        for instance in instances:
-            Dataset.save_as(instance, os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
+            fetch_series(self.client, study_uid, uid, folder)  # as stored: SimpleITK decodes it here
 
     def _fetch(self, uid: str, study_uid: str | None, info: dict[str, Any] | None) -> None:
         """Fetch one series (WADO-RS) and keep its instances; with ``info``, also add it to the cache as a volume
@@ -196,7 +170,7 @@ class DicomwebDatastore(LnnodeDatastore):
                     continue
                 try:
                     check_name(uid, "series id")
-                    self._fetch(uid, _value(ds, _STUDY_UID), self._info(ds))
+                    self._fetch(uid, tag_value(ds, STUDY_UID), self._info(ds))
                     fetched.append(uid)
                 except PacsError as e:  # the PACS went away: the rest waits for the next refresh
                     logger.warning(f"{e.detail}; {len(fetched)} new series cached before")
@@ -211,8 +185,17 @@ class DicomwebDatastore(LnnodeDatastore):
         return fetched
 
     def _refresh(self) -> None:
-        if time.monotonic() - self._synced_at >= self.refresh_s:
+        if time.monotonic() - self._synced_at < self.refresh_s:
+            return
+        try:  # another replica is syncing the shared cache: serve it as it is rather than wait for its fetches
+            self._sync_lock.acquire(timeout=0)
+        except Timeout:
+            self._synced_at = time.monotonic()
+            return
+        try:
             self.sync(required=False)
+        finally:
+            self._sync_lock.release()
 
     # -- what the strategies and the endpoints ask ---------------------------------------------------
     def list_images(self) -> list[str]:

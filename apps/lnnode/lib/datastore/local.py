@@ -124,6 +124,11 @@ class LnnodeDatastore(LocalDatastore):
         """Re-read the datastore file when another process (a scoring or training process, another server
         replica) wrote it. Under the lock: a read never swaps the copy that a save in progress is changing."""
         path = self._datastore_config_path
+        try:  # unchanged (the common case): no lock, so reads do not queue behind a writer's long copy
+            if self._identity(os.stat(path)) == getattr(self, "_seen", None):
+                return
+        except FileNotFoundError:
+            return
         with self._file_lock:
             try:
                 f = open(path)  # noqa: SIM115 - closed below; identity and content from the same open file

@@ -25,9 +25,10 @@ import re
 import tempfile
 import time
 from abc import abstractmethod
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -47,11 +48,11 @@ from lnnode.io.atomic import atomic_write_text
 from lnnode.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 from .datalist import labelled_datalist
-from .handlers import PublishBestModel, TrainingInProgress, training_in_progress
+from .handlers import PublishBestModel, training_in_progress, training_lock
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LnnodeTrainTask", "TRAIN_DEFAULTS", "launched_ranks", "shard", "unwrap"]
+__all__ = ["LnnodeTrainTask", "TRAIN_DEFAULTS", "is_distributed", "launched_ranks", "shard", "unwrap"]
 
 # request defaults of every lnnode train task (each adds its own: epochs, batch sizes, data loading)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -68,6 +69,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+DDP_TIMEOUT = timedelta(hours=6)  # a collective waiting this long means a rank is gone
+
+
 def launched_ranks() -> tuple[int, int, int] | None:
     """(rank, local rank, world size) of a process that ``torchrun`` (or a launcher like it) started; else None."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -81,14 +85,20 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, DistributedDataParallel) else network
 
 
-def shard(items: list, context: Context) -> list:
+def is_distributed() -> bool:
+    """Whether this process is one rank of a distributed training (its process group is up)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def shard(items: list) -> list:
     """This rank's share of ``items`` (equal-sized shards, so every rank runs the same number of steps; with
-    fewer items than ranks every rank gets them all)."""
-    if not context.multi_gpu or len(items) < context.world_size:
+    fewer items than ranks every rank gets them all); all of them outside a distributed training."""
+    world = dist.get_world_size() if is_distributed() else 1
+    if world == 1 or len(items) < world:
         return list(items)
-    per_rank = -(-len(items) // context.world_size)
-    padded = [items[i % len(items)] for i in range(per_rank * context.world_size)]
-    return padded[context.local_rank :: context.world_size]
+    per_rank = -(-len(items) // world)
+    padded = [items[i % len(items)] for i in range(per_rank * world)]
+    return padded[dist.get_rank() :: world]
 
 
 def _backend(device: str) -> str:
@@ -144,26 +154,30 @@ class LnnodeTrainTask(BasicTrainTask):
 
     # -- one process, or one per GPU ---------------------------------------------------------------
     def __call__(self, request, datastore: Datastore):
-        launched = launched_ranks()
-        multi = {**self._config, **request}.get("multi_gpu")
-        if str(multi).lower() not in ("true", "1") and launched is None:
-            return super().__call__({**request, "multi_gpu": False}, datastore)
+        """Train as the request says; the model's training lock is held throughout (rank 0's process holds it in a
+        torchrun launch), so a second run of the model stops before it reads anything."""
+        launched = launched_ranks() if request.get("torchrun") else None
+        multi = str({**self._config, **request}.get("multi_gpu")).lower() in ("true", "1") or launched is not None
+        if launched is not None and launched[0] != 0:
+            return self._distributed(request, datastore, launched)
+        with training_lock(self._publish_path, self.name):
+            if not multi:
+                return super().__call__({**request, "multi_gpu": False}, datastore)
+            return self._distributed(request, datastore, launched)
+
+    def _distributed(self, request, datastore: Datastore, launched: tuple[int, int, int] | None):
         req = {**copy.deepcopy(self._config), **copy.deepcopy(request), "multi_gpu": True}
         req["run_id"] = req.get("run_id") or datetime.now().strftime("%Y%m%d_%H%M%S")
         req["device"] = name_to_device(req.get("device", "cuda"))
-        datalist = self.pre_process(req, datastore)
+        datalist = self.pre_process(req, datastore)  # torchrun: rank 0's list and run id reach every rank
         if launched is not None:  # torchrun started this process: every rank runs this
             rank, local_rank, world = launched
             req.update(distributed_backend=_backend(req["device"]), distributed_url="env://", local_device=local_rank)
             return self.train(rank, world, req, datalist)
-        if training_in_progress(self._publish_path):  # said here, before any process starts
-            raise TrainingInProgress(f"another training of {self.name} is running (maybe through another server "
-                                     "replica): this run stopped before writing anything")  # fmt: skip
         world = self._world_size(req)
         if world < 2:
             logger.info(f"multi_gpu asked for, but {world} device(s): one process")
-            req["multi_gpu"] = False
-            return self.train(0, 1, req, datalist)
+            return super().__call__({**request, "multi_gpu": False}, datastore)
         with tempfile.TemporaryDirectory(prefix="lnnode-ddp-") as folder:
             # a file store, not a TCP one: PyTorch's TCP store listens on every interface
             req.update(distributed_backend=_backend(req["device"]), distributed_url=f"file://{folder}/store")
@@ -172,7 +186,8 @@ class LnnodeTrainTask(BasicTrainTask):
                 torch.multiprocessing.spawn(_rank_main, nprocs=world, args=(world, req, datalist, self))
             except (ProcessRaisedException, ProcessExitedException) as e:
                 self._write_failure(req, e)
-        self.cleanup(req)
+            finally:
+                self.cleanup(req)
         return self.stats()
 
     @staticmethod
@@ -183,24 +198,25 @@ class LnnodeTrainTask(BasicTrainTask):
         return torch.cuda.device_count() if gpus == "all" else len(gpus.split(","))
 
     def _write_failure(self, request: dict[str, Any], error: Exception) -> None:
-        """A rank failed: all were stopped and nothing was published; the stats say so (rank 0 may not have)."""
-        if TrainingInProgress.__name__ in str(error):  # refused at its start: the stats are the other run's
-            raise TrainingInProgress(str(error).strip().splitlines()[-1]) from None
+        """A rank failed and all were stopped: the stats say so (rank 0 may not have), and the error is raised (the
+        server shows the training as failed). A run that published before a rank failed at its exit stays so."""
         # a spawned rank's error arrives as its traceback text: its last "SomeError: ..." line says what happened
         raised = [line for line in str(error).splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", line)]
         detail = (raised[-1] if raised else str(error).strip().splitlines()[0])[:300]
         rank = getattr(error, "error_index", None)
-        stats = {
-            **super().stats(),
-            "run_id": request["run_id"],
-            "status": "failed",
-            "reason": f"training process {rank} failed ({detail}); all were stopped and the served model is unchanged",
-        }
-        logger.error(stats["reason"])
+        previous = super().stats()
+        if previous.get("run_id") == request["run_id"] and previous.get("status") in ("published", "kept_previous"):
+            logger.warning(f"training process {rank} failed after the run ended ({detail}); its result stands")
+            return
+        kept = previous if previous.get("run_id") == request["run_id"] else {}  # never another run's stats
+        reason = f"training process {rank} failed ({detail}); all were stopped and the served model is unchanged"
+        stats = {**kept, "run_id": request["run_id"], "pid": os.getpid(), "status": "failed", "reason": reason}
+        logger.error(reason)
         atomic_write_text(self._stats_path, json.dumps(stats, indent=2, default=float))
+        raise RuntimeError(reason) from None
 
     def _device(self, context: Context):
-        if not context.multi_gpu:
+        if not is_distributed():
             return super()._device(context)
         device = str(context.request["device"])
         if not device.startswith("cuda"):
@@ -217,7 +233,7 @@ class LnnodeTrainTask(BasicTrainTask):
         network = self.network(context).to(context.device)
         context.network = network
         optimizer = self.optimizer(context)
-        if context.multi_gpu:
+        if is_distributed():
             ids = [context.device.index] if context.device.type == "cuda" else None
             network = DistributedDataParallel(
                 network,
@@ -286,15 +302,6 @@ class LnnodeTrainTask(BasicTrainTask):
         n_val = min(max(sum(k < val_split for k in keys), 1), len(keys) - 1)
         val_keys = set(keys[:n_val])
         return [i for i in ranked if key[i["id"]] not in val_keys], [i for i in ranked if key[i["id"]] in val_keys]
-
-    def _dataset(self, context, datalist, is_train, replace_rate=0.25):
-        """MONAI Label's dataset without its partition per rank: the train loaders shard themselves (``shard``)
-        and validation, on rank 0 alone, sees every validation image."""
-        multi, context.multi_gpu = context.multi_gpu, False
-        try:
-            return super()._dataset(context, datalist, is_train, replace_rate)
-        finally:
-            context.multi_gpu = multi
 
     def load_path(self, output_dir, pretrained=True):
         return None  # initial weights come from the served checkpoint (see network())
@@ -385,7 +392,7 @@ class LnnodeTrainTask(BasicTrainTask):
         )
 
     def finalize(self, context: Context):
-        if context.multi_gpu:
+        if is_distributed():
             # before rank 0 publishes: every rank has finished its last step (a rank that failed never gets here)
             context.trainer.add_event_handler(Events.COMPLETED, lambda _: dist.barrier())
         if context.local_rank == 0:
@@ -396,7 +403,7 @@ class LnnodeTrainTask(BasicTrainTask):
 
             def stop_at_deadline(engine):
                 late = torch.tensor([float(time.time() > deadline)], device=context.device)
-                if context.multi_gpu:  # rank 0's clock decides for all: every rank stops at the same step
+                if is_distributed():  # rank 0's clock decides for all: every rank stops at the same step
                     dist.broadcast(late, src=0)
                 if late.item():
                     engine.terminate()
@@ -418,8 +425,29 @@ class LnnodeTrainTask(BasicTrainTask):
         context.publisher = publisher
 
     def train(self, rank, world_size, request, datalist):
-        if request.get("multi_gpu") and request.get("seed") is not None:
+        if not request.get("multi_gpu"):
+            return self._train(rank, world_size, request, datalist)
+        if request.get("seed") is not None:
             set_determinism(int(request["seed"]) + rank)  # each rank its own augmentation and sampling
+        # the process group is ours, not MONAI Label's: its timeout must outlast rank 0's validation of an epoch,
+        # which the other ranks wait for (the backends' defaults are 10-30 minutes)
+        dist.init_process_group(
+            request["distributed_backend"],
+            init_method=request["distributed_url"],
+            world_size=world_size,
+            rank=rank,
+            timeout=DDP_TIMEOUT,
+        )
+        idist.sync()  # ignite joins the group on every rank now, not lazily on the first rank that asks
+        shared = [datalist, request["run_id"]]
+        dist.broadcast_object_list(shared, src=0)  # every rank trains on rank 0's list (torchrun: each read its own)
+        datalist, request = shared[0], {**request, "run_id": shared[1]}
+        try:  # MONAI Label's own distributed set-up (a group without a timeout, its data partition) stays off
+            return self._train(rank, world_size, {**request, "multi_gpu": False, "processes": world_size}, datalist)
+        finally:
+            dist.destroy_process_group()
+
+    def _train(self, rank, world_size, request, datalist):
         super().train(rank, world_size, request, datalist)
         if rank != 0:
             return {"rank": rank, "status": "done"}  # rank 0 publishes and reports

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.metrics import Metric
 from monai.handlers import LrScheduleHandler
 from monailabel.tasks.train.basic_train import Context
@@ -34,7 +35,7 @@ from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
 from lnnode.transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
 from lnnode.transforms.crops import extract_crops, planar_views
 
-from .base import LnnodeTrainTask
+from .base import LnnodeTrainTask, is_distributed
 from .datalist import corrections_in
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         counts = {1.0: max(n_pos, 1e-6), 0.0: max(float(((1 - labels) * boost).sum()), 1e-6)}
         weights = torch.tensor([1.0 / counts[float(y)] for y in labels], dtype=torch.double) * boost
         # distributed: every rank draws its share of the samples (the same count, so the same number of steps)
-        per_rank = -(-len(labels) // context.world_size) if context.multi_gpu else len(labels)
+        per_rank = -(-len(labels) // dist.get_world_size()) if is_distributed() else len(labels)
         sampler = WeightedRandomSampler(weights, num_samples=per_rank, replacement=True)
         return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=0)
 

@@ -240,7 +240,7 @@ class NodeDetectionTrainer(LnnodeTrainTask):
         return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, collate_fn=no_collation)
 
     def train_data_loader(self, context, num_workers=0, shuffle=True):
-        return self._loader(context, shard(context.train_datalist, context), context.train_batch_size, True)
+        return self._loader(context, shard(context.train_datalist), context.train_batch_size, True)
 
     def val_data_loader(self, context, num_workers=0):
         return self._loader(context, context.val_datalist, context.val_batch_size, False)

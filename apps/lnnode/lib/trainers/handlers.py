@@ -5,19 +5,21 @@ task's model path only when training completes, atomically; an interrupted or fa
 leaves the served model untouched. Train stats are rewritten (atomically) after every epoch.
 
 One training of a model at a time: from its start to its end a run holds ``<model_dir>/<name>.train.lock``
-(an flock, released by the kernel when the process dies). Several server replicas share one model dir,
-and each one starts the trainings it is asked for in a process of its own; a second run of a model
-whose lock is held stops at its start (:class:`TrainingInProgress`) before it writes anything, so two runs
-never write one best checkpoint, one stats file or one published model at once.
+(an flock, released by the kernel when the process dies; taken by the train task, :func:`training_lock`).
+Several server replicas share one model dir, and each one starts the trainings it is asked for in a process
+of its own; a second run of a model whose lock is held stops at its start (:class:`TrainingInProgress`)
+before it reads or writes anything, so two runs never write one best checkpoint, one stats file or one
+published model at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +35,14 @@ from lnnode.metrics.detection import cpm, froc, match_volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionCPM", "PublishBestModel", "TrainingInProgress", "train_lock_path", "training_in_progress"]
+__all__ = [
+    "DetectionCPM",
+    "PublishBestModel",
+    "TrainingInProgress",
+    "train_lock_path",
+    "training_in_progress",
+    "training_lock",
+]
 
 
 class TrainingInProgress(RuntimeError):
@@ -53,6 +62,22 @@ def _try_lock(model_path: str) -> FileLock | None:
     except Timeout:
         return None
     return lock
+
+
+@contextlib.contextmanager
+def training_lock(model_path: str, name: str) -> Iterator[None]:
+    """Hold the training lock of the model at ``model_path`` for the block; TrainingInProgress when another holds
+    it (a run of this server, or of another replica)."""
+    lock = _try_lock(model_path)
+    if lock is None:
+        raise TrainingInProgress(
+            f"another training of {name} is running ({train_lock_path(model_path)} is held, maybe by another "
+            "server replica): this run stopped before reading or writing anything; train again when it has finished"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def training_in_progress(model_path: str) -> bool:
@@ -135,7 +160,6 @@ class PublishBestModel:
         # same for every model: the best checkpoint is named after the model, whose lock guards it
         stem = os.path.splitext(os.path.basename(model_path))[0]
         self.best_path = os.path.join(context.output_dir, f"{stem}.best.pt")
-        self._lock: FileLock | None = None
         self.best_metric = -np.inf
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -143,32 +167,15 @@ class PublishBestModel:
         self.reason = ""
 
     def attach(self, trainer: Engine, evaluator: Engine | None) -> None:
-        trainer.add_event_handler(Events.STARTED, self._take_lock)
         # stats from the start: a run killed in its first epoch still shows (as interrupted)
         trainer.add_event_handler(Events.STARTED, self._write_stats)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         trainer.add_event_handler(Events.COMPLETED, self._completed)
         trainer.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
-    def _take_lock(self, trainer: Engine) -> None:
-        """Hold the model's training lock for the run; TrainingInProgress when another run holds it."""
-        self._lock = _try_lock(self.model_path)
-        if self._lock is None:
-            name = os.path.splitext(os.path.basename(self.model_path))[0]
-            raise TrainingInProgress(
-                f"another training of {name} is running ({train_lock_path(self.model_path)} is held, maybe by "
-                "another server replica): this run stopped before writing anything; train again when it has finished"
-            )
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
     def _state_dict(self) -> dict[str, torch.Tensor]:
         network = self.context.network
-        network = network.module if hasattr(network, "module") else network
-        return network.state_dict()
+        return getattr(network, "module", network).state_dict()  # inside a DDP wrapper or not
 
     def _epoch_completed(self, trainer: Engine) -> None:
         evaluator = self.context.evaluator
@@ -207,7 +214,6 @@ class PublishBestModel:
             self.status = "not_published"
             self.reason = "no checkpoint was saved"
         self._write_stats(trainer)
-        self._release_lock()
 
     def _keeps_served_model(self) -> bool:
         """True when the model in service scores better on this run's validation set (nothing published)."""
@@ -227,19 +233,16 @@ class PublishBestModel:
         return True
 
     def _failed(self, trainer: Engine, e: Exception) -> None:
-        if self._lock is None:  # refused at the start: the stats are the running training's, not this run's
-            raise e
         self.status = "failed"
         self.reason = f"{type(e).__name__}: {e} (the served model is unchanged)"
         self._write_stats(trainer)
-        self._release_lock()
         raise e
 
     def stats(self, trainer: Engine) -> dict[str, Any]:
         best = self.best_metric if np.isfinite(self.best_metric) else None
         return {
             "run_id": self.context.run_id,
-            "pid": os.getpid(),  # the training process: a "running" run whose process is gone was interrupted
+            "pid": os.getpid(),  # the process that wrote the stats (the lock, not the pid, says whether it runs)
             "status": self.status,
             "reason": self.reason,
             "epoch": trainer.state.epoch,
