@@ -69,6 +69,13 @@ SCORE_BATCH = 32  # image infos per datastore write while scoring: one write per
 SCORE_FLUSH_S = 30.0  # and at least this often, so a long run's scores show up in the server as they come
 
 
+def _failures(failed: dict[str, str]) -> str:
+    """The summary's failures part: how many, and each with its reason ('' when none)."""
+    if not failed:
+        return ""
+    return f"; {len(failed)} failed: " + "; ".join(f"{k} ({v})" for k, v in failed.items())
+
+
 def _pace(done: int, wall_s: float, workers: int | None, unit: str) -> str:
     where = "in this process" if workers is None else f"on {workers} Ray worker(s)"
     rate = f"{done / wall_s:.2f} {unit}/s" if wall_s > 0 else "-"
@@ -98,9 +105,8 @@ class InferReport:
         text = f"{len(self.written)} case(s) written, {sum(self.written.values())} node(s)"
         if self.skipped:
             text += f"; {len(self.skipped)} skipped, done before (--force redoes them)"
-        if self.failed:
-            text += f"; {len(self.failed)} failed: " + "; ".join(f"{k} ({v})" for k, v in self.failed.items())
-        return f"{text}. {_pace(len(self.written) + len(self.failed), self.wall_s, self.workers, 'case')}"
+        pace = _pace(len(self.written) + len(self.failed), self.wall_s, self.workers, "case")
+        return f"{text}{_failures(self.failed)}. {pace}"
 
 
 @dataclass
@@ -118,9 +124,8 @@ class ScoreReport:
         text = f"{len(self.scored)} image(s) scored"
         if self.skipped:
             text += f"; {len(self.skipped)} skipped, up to date or no model of their kind (--force rescores)"
-        if self.failed:
-            text += f"; {len(self.failed)} failed: " + "; ".join(f"{k} ({v})" for k, v in self.failed.items())
-        return f"{text}. {_pace(len(self.scored) + len(self.failed), self.wall_s, self.workers, 'image')}"
+        pace = _pace(len(self.scored) + len(self.failed), self.wall_s, self.workers, "image")
+        return f"{text}{_failures(self.failed)}. {pace}"
 
 
 @dataclass(frozen=True)
