@@ -40,9 +40,17 @@ from lnnode.appdir import use_app  # noqa: E402
 
 use_app()  # the app's tasks are lib.*, as in the server
 
+from real_ct import (  # noqa: E402
+    MAPPED_BACKGROUNDS,
+    background_patient,
+    background_sets,
+    certain_false_positives,
+    link_studies,
+    lobo_folds,
+)
+
 from lnnode.evaluation import detect_studies, evaluate_studies  # noqa: E402
 from lnnode.io.checkpoint import save_checkpoint  # noqa: E402
-from lnnode.io.image import read_image  # noqa: E402
 from lnnode.metrics.detection import evaluate_detection  # noqa: E402
 from lnnode.networks.detector import DetectorSpec, build_detector_network  # noqa: E402
 from lnnode.phantoms import default_real_data_dir, synthesize  # noqa: E402
@@ -66,7 +74,7 @@ def held_out_sets(out: Path, quick: bool) -> dict[str, Path]:
             shape=(192, 192, 64), spacing=(1.0, 1.0, 2.0), direction="oblique",
         )  # fmt: skip
     if not (sets["real_background"] / "synth_manifest.json").exists():
-        n = 2 if quick else 4
+        n = 3 if quick else 10  # drawn from the five patients' backgrounds
         synthesize(sets["real_background"], n, modality="ct", seed=HELD_OUT_SEED + 1, background="real")
     return sets
 
@@ -92,41 +100,69 @@ def quality(model: Path, sets: dict[str, Path], out: Path) -> dict:
     return results
 
 
-# -- 2. organ false positives -----------------------------------------------------------------------
-def organ_masks(real: Path) -> dict[str, tuple[Path, np.ndarray, object]]:
-    """Bare real CTs and the union of their structure masks, on each CT's own grid."""
-    from lnnode.transforms import resample_to_grid
+# -- 2. certain false positives (bench/real_ct.py) ----------------------------------------------------
+def organ_false_positives(model: Path, real: Path) -> dict:
+    out = certain_false_positives(model, real)
+    for name, v in out["volumes"].items():
+        log(f"certain FPs {name}: {v['centred_in_an_organ_mask']} of {v['boxes']} boxes (default threshold)")
+    return out
 
-    ct_sm, g_sm = read_image(real / "totalseg" / "example_ct_sm.nii.gz")
-    union = np.zeros(g_sm.shape, bool)
-    for f in sorted((real / "totalseg" / "example_ct_organs").glob("*.nii.gz")):
-        union |= read_image(f)[0] > 0
-    _, g_dcm = read_image(real / "totalseg" / "example_ct_dicom")
-    seg, g_seg = read_image(real / "totalseg" / "example_ct_dicom_seg.nii.gz")
-    seg_on_ct = resample_to_grid(seg, g_seg, g_dcm, fill=0.0, linear=False) > 0
+
+# -- 5. leave one background out ----------------------------------------------------------------------
+def _detection_figures(cases: list[dict]) -> dict:
+    m = evaluate_detection([c["pred"] for c in cases], [c["gt"] for c in cases], [c["short_axes"] for c in cases])
+    at = m["sensitivity_at_fp"]
     return {
-        "example_ct_sm": (real / "totalseg" / "example_ct_sm.nii.gz", union, g_sm),
-        "example_ct_dicom": (real / "totalseg" / "example_ct_dicom", seg_on_ct, g_dcm),
+        "n_volumes": m["n_volumes"],
+        "n_nodes": m["n_nodes"],
+        "cpm": m["cpm"],
+        "sensitivity_at_4_fp": at.get("4"),
+        "sensitivity_at_fp": at,
+        "per_size_at_1_fp": m["per_size_sensitivity"]["bins"],
     }
 
 
-def organ_false_positives(model: Path, real: Path, threshold: float = 0.5) -> dict:
-    from lib.infers.detection import NodeDetection
+def _cases(studies: list[Path], model: Path) -> list[dict]:
+    cases = []
+    for folder in studies:
+        cases += detect_studies(folder, str(model), "final", score_thresh=0.01, max_boxes=100)
+    return cases
 
-    task = NodeDetection("lymph_node_detection", [str(model)], config={"device": "cpu"})
-    out = {"score_threshold": threshold, "volumes": {}}
-    for name, (path, mask, g) in organ_masks(real).items():
-        _, result = task({"image": str(path), "image_id": name, "device": "cpu", "score_thresh": threshold})
-        inside = 0
-        for node in result["nodes"]:
-            idx = np.round(g.world_to_index(node["center"])).astype(int)
-            if np.all(idx >= 0) and np.all(idx < np.array(g.shape)) and mask[tuple(idx)]:
-                inside += 1
-        out["volumes"][name] = {"boxes": len(result["nodes"]), "centred_in_an_organ_mask": inside}
-        log(f"organ FPs {name}: {inside} of {len(result['nodes'])} boxes (score >= {threshold})")
-    vols = out["volumes"].values()
-    out["organ_fp_per_volume"] = float(np.mean([v["centred_in_an_organ_mask"] for v in vols]))
-    return out
+
+def leave_one_background_out(out: Path, model: Path, real: Path, minutes: float, quick: bool) -> dict:
+    """Train from scratch on every patient's inserted nodes but one (plus synthetic phantoms), test on the one
+    left out; the figures pool the test volumes of all folds. The shipped model is scored on the same tests."""
+    n_train, n_test = (3, 2) if quick else (8, 4)
+    sets = background_sets(out / "lobo_data", n_train, n_test, log=log)
+    synth = out / "lobo_data" / "train_synthetic"
+    if not (synth / "synth_manifest.json").exists():
+        synthesize(synth, 4 if quick else 16, modality="ct", seed=TRAIN_SEED + 1, shape=(192, 192, 64),
+                   spacing=(1.0, 1.0, 2.0), prefix="synth_")  # fmt: skip
+    report: dict = {"minutes_per_fold": minutes, "folds": {}}
+    pooled, pooled_shipped = [], []
+    for held, fold in lobo_folds(sets).items():
+        studies = link_studies(out / f"lobo_{held}" / "studies", [*fold["train"], synth])
+        model_dir = out / f"lobo_{held}" / "model"
+        stats = train_detector(studies, model_dir, epochs=10000, init="scratch", val_split=0.0, patches_per_image=2,
+                               extra={"max_train_minutes": minutes})  # fmt: skip
+        trained = model_dir / "lymph_node_detection.pt"
+        cases, shipped = _cases(fold["test"], trained), _cases(fold["test"], model)
+        pooled += cases
+        pooled_shipped += shipped
+        mapped = [n for n in MAPPED_BACKGROUNDS if background_patient(n) == held]
+        report["folds"][held] = {
+            "test_backgrounds": fold["backgrounds"],
+            "epochs": stats.get("epoch"),
+            "trained": _detection_figures(cases),
+            "shipped": _detection_figures(shipped),
+            "certain_false_positives": certain_false_positives(trained, real, mapped) if mapped else None,
+        }
+        f = report["folds"][held]["trained"]
+        log(f"LOBO {held}: CPM {f['cpm']:.3f}, sens@4FP {f['sensitivity_at_4_fp']:.3f} ({stats.get('epoch')} epochs)")
+    report["pooled"] = {"trained": _detection_figures(pooled), "shipped": _detection_figures(pooled_shipped)}
+    fps = [f["certain_false_positives"]["per_volume"] for f in report["folds"].values() if f["certain_false_positives"]]
+    report["pooled"]["certain_fp_per_real_ct"] = float(np.mean(fps)) if fps else None
+    return report
 
 
 # -- 3. latency -------------------------------------------------------------------------------------
@@ -208,8 +244,9 @@ def main() -> int:
     parser.add_argument("--real-data", default=None, help="real data folder (default: as lnnode synth)")
     parser.add_argument("--quick", action="store_true", help="smaller sets; no reference latency run")
     parser.add_argument("--budget-minutes", type=float, default=12.0, help="training budget per detector")
+    parser.add_argument("--lobo-minutes", type=float, default=10.0, help="training budget per leave-out fold")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["quality", "organs", "latency", "reference", "budget"]
+        "--skip", nargs="*", default=[], choices=["quality", "organs", "latency", "reference", "budget", "lobo"]
     )
     args = parser.parse_args()
     out = Path(args.out)
@@ -246,11 +283,32 @@ def main() -> int:
         ref = reference_checkpoint(out / "reference_untrained.pt")
         report.setdefault("latency_cpu", {})["reference_lung_nodule"] = measure_latency(ref, big, 1, crop=False)
         save()
+    if "lobo" not in args.skip:
+        report["leave_one_background_out"] = leave_one_background_out(out, model, real, args.lobo_minutes, args.quick)
+        save()
     if "budget" not in args.skip:
         report["same_budget"] = budget_training(out, args.budget_minutes / (4 if args.quick else 1), sets, args.quick)
         save()
     print_table(report)
+    print_lobo(report)
     return 0
+
+
+def print_lobo(r: dict) -> None:
+    lobo = r.get("leave_one_background_out")
+    if not lobo:
+        return
+    print("\nLeave one background out (real CT backgrounds, inserted nodes; IoU >= 0.1):")
+    print("| test patient | volumes / nodes | trained: CPM | sens @ 4 FP | shipped: CPM | sens @ 4 FP |")
+    print("|---|---|---|---|---|---|")
+    rows = [*lobo["folds"].items(), ("pooled", lobo["pooled"])]
+    for name, f in rows:
+        t, s = f["trained"], f["shipped"]
+        print(f"| {name} | {t['n_volumes']} / {t['n_nodes']} | {t['cpm']:.3f} | {t['sensitivity_at_4_fp']:.3f} "
+              f"| {s['cpm']:.3f} | {s['sensitivity_at_4_fp']:.3f} |")  # fmt: skip
+    fp = lobo["pooled"].get("certain_fp_per_real_ct")
+    if fp is not None:
+        print(f"certain false positives per mapped real CT (fold models, default threshold): {fp:.2f}")
 
 
 def print_table(r: dict) -> None:
@@ -261,8 +319,8 @@ def print_table(r: dict) -> None:
             print(f"| CPM, held-out {name} (IoU>=0.1) | {q[name]['cpm']:.3f} | |")
             print(f"| AP@0.1, held-out {name} | {q[name]['ap@0.1']:.3f} | |")
     if "organ_false_positives" in r:
-        organ = r["organ_false_positives"]["organ_fp_per_volume"]
-        print(f"| boxes centred in organ masks per real CT (score>=0.5) | {organ:.1f} | |")
+        organ = r["organ_false_positives"]["per_volume"]
+        print(f"| boxes centred in an organ mask per real CT (default threshold) | {organ:.1f} | |")
     if "lnnode" in lat:
         ref = lat.get("reference_lung_nodule")
         ref_s = f"{ref['seconds'][0] / 60:.1f} min, {ref['peak_rss_gb']:.1f} GB" if ref else "not run"

@@ -254,6 +254,8 @@ def _classification_report(
         "n_cases": len(cases),
         "boxes": "ground-truth boxes (labelled), so detection errors do not enter the node-level figures",
         "nodes": classification_report(np.asarray(g.y), np.asarray(g.scores), rules=g.rules, n_boot=n_boot),
+        # node by node (to pool several evaluations): truth (1 metastatic), the probability, each rule's category
+        "per_node": {"y": list(g.y), "p_metastasis": list(g.scores), **{k: list(v) for k, v in g.rules.items()}},
     }
     if g.errors:
         report["short_axis_error_mm"] = _error_summary([e for e, _ in g.errors])

@@ -21,7 +21,7 @@ from lnnode.networks.detector import DetectorSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_SYNTH", "DEMO_REAL", "train_model", "train_detector", "train_classifier", "make_demo_weights"]
+__all__ = ["DEMO_RECIPES", "train_model", "train_detector", "train_classifier", "make_demo_weights"]
 
 # model -> (the app's train task, default spec, checkpoint task, key metric, 2D)
 _MODELS = {
@@ -31,14 +31,22 @@ _MODELS = {
     CLASSIFICATION_2D: ("NodeClassificationTrainer", ClassifierSpec.planar, "classification", "val_auc", True),
 }
 
-# the demo models' training phantoms: synthetic CT at 1 x 1 x 2 mm on a flipped (RAS-like) grid, and
-# nodes (half of them real ULS23 shapes) inserted into the real TotalSegmentator CTs
-DEMO_SYNTH: dict[str, Any] = {"modality": "ct", "seed": 7, "shape": (192, 192, 64), "spacing": (1.0, 1.0, 2.0)}
-DEMO_REAL: dict[str, Any] = {"modality": "ct", "seed": 8, "background": "real", "prefix": "realct_"}
-DEMO_REAL_SHARE = 0.25
-# the classifier sees node crops only: more cases (more nodes), smaller volumes
-DEMO_CLASSIFIER_SYNTH: dict[str, Any] = {**DEMO_SYNTH, "seed": 17, "shape": (160, 160, 48)}
-DEMO_CLASSIFIER_REAL: dict[str, Any] = {**DEMO_REAL, "seed": 18}
+# the demo models' training phantoms, per model: (share of the cases, synthesize() options). Synthetic CT at
+# 1 x 1 x 2 mm on a flipped (RAS-like) grid, and nodes (half of them real ULS23 shapes) inserted into the real
+# CTs of five patients (with hard negatives where a CT has a label map); the classifier also learns from
+# size-matched nodes, where only roundness, border, texture, necrosis and hilum tell the classes apart
+_SYNTH: dict[str, Any] = {"modality": "ct", "shape": (192, 192, 64), "spacing": (1.0, 1.0, 2.0)}
+_REAL: dict[str, Any] = {"modality": "ct", "background": "real"}
+_SYNTH_SMALL = {**_SYNTH, "shape": (160, 160, 48)}  # the classifier sees node crops only: smaller volumes
+DEMO_RECIPES: dict[str, list[tuple[float, dict[str, Any]]]] = {
+    DETECTION: [(0.5, {**_SYNTH, "seed": 7}), (0.5, {**_REAL, "seed": 8, "prefix": "realct_"})],
+    CLASSIFICATION: [
+        (0.25, {**_SYNTH_SMALL, "seed": 17}),
+        (0.25, {**_SYNTH_SMALL, "seed": 19, "size_matched": True, "prefix": "ctsm_"}),
+        (0.25, {**_REAL, "seed": 18, "prefix": "realct_"}),
+        (0.25, {**_REAL, "seed": 20, "size_matched": True, "prefix": "realctsm_"}),
+    ],
+}
 DEMO_DEFAULTS = {
     DETECTION: {"cases": 32, "epochs": 60},
     CLASSIFICATION: {"cases": 80, "epochs": 30},
@@ -130,15 +138,15 @@ def make_demo_weights(
         return _make_planar_demo_weights(Path(work) / model, out, epochs, device, model, data)
     cases = cases or DEMO_DEFAULTS[model]["cases"]
     epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
-    synth, real = (DEMO_SYNTH, DEMO_REAL) if model == DETECTION else (DEMO_CLASSIFIER_SYNTH, DEMO_CLASSIFIER_REAL)
     work = Path(work) / model
     studies = work / "studies"
     if studies.exists():
         shutil.rmtree(studies)
-    n_real = int(round(cases * DEMO_REAL_SHARE))
-    synthesize(studies, cases - n_real, **synth)
-    if n_real:
-        synthesize(studies, n_real, **real)
+    parts = []
+    for share, options in DEMO_RECIPES[model]:
+        n = max(1, int(round(cases * share)))
+        synthesize(studies, n, **options)
+        parts.append(f"{n} x {options}")
     model_dir = work / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -148,8 +156,8 @@ def make_demo_weights(
     )  # fmt: skip
     command = f"lnnode demo-weights --model {model} --cases {cases} --epochs {epochs}"
     data = (
-        f"phantoms, not clinical data: {cases - n_real} synthetic CT ({synth}) and {n_real} real "
-        f"TotalSegmentator CT backgrounds with inserted nodes ({real})"
+        "phantoms, not clinical data: synthetic CT and nodes inserted into five patients' real CT backgrounds "
+        f"({'; '.join(parts)})"
     )
     return _ship_demo(model, model_dir, out, stats, command, data), stats
 

@@ -204,3 +204,28 @@ def test_a_2d_spec_builds_a_2d_detector_that_trains_and_detects():
     with torch.no_grad():
         (found,) = detector([torch.rand(1, 96, 80)], use_inferer=False)
     assert found[detector.target_box_key].shape[1] == 4, "2D boxes: x0, y0, x1, y1"
+
+
+def test_body_box_leaves_out_the_table_and_keeps_both_legs():
+    from lnnode.transforms import body_box
+
+    image = np.zeros((200, 180, 40), np.float32)
+    image[40:160, 30:120, :] = 1.0  # the patient
+    image[20:180, 140:150, :] = 1.0  # the table below, not touching
+    image[5, 5, 5] = 1.0  # a speck of noise in the air
+    start, stop = body_box(image, 0.5, margin=2)
+    assert start.tolist() == [38, 28, 0] and stop.tolist() == [162, 122, 40]
+    legs = np.zeros((200, 100, 30), np.float32)
+    legs[20:80, 20:80, :] = legs[120:180, 20:80, :] = 1.0
+    start, stop = body_box(legs, 0.5, margin=0)
+    assert start.tolist() == [20, 20, 0] and stop.tolist() == [180, 80, 30]
+
+
+def test_whole_image_in_one_window_up_to_the_voxel_budget():
+    from lnnode.networks.detector import WHOLE_IMAGE_VOXELS, clamp_roi
+
+    assert clamp_roi((192, 192, 96), (334, 230, 141), (16, 16, 8)) == [336, 240, 144]
+    big = (600, 600, 200)
+    assert np.prod(big) > WHOLE_IMAGE_VOXELS
+    assert clamp_roi((192, 192, 96), big, (16, 16, 8)) == [192, 192, 96]
+    assert clamp_roi((192, 192), (100, 90), (16, 16)) == [112, 96]

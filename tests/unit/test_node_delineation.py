@@ -91,7 +91,9 @@ def test_real_node_shapes_in_real_ct_backgrounds(tmp_path):
     from lnnode.io.image import read_image
     from lnnode.phantoms import synthesize
 
-    synthesize(tmp_path, 2, modality="ct", seed=123, background="real")
+    synthesize(
+        tmp_path, 2, modality="ct", seed=123, background="real", backgrounds=("example_ct_sm", "example_ct_dicom")
+    )
     errors = []
     for case in json.loads((tmp_path / "synth_manifest.json").read_text())["cases"]:
         image, g = read_image(tmp_path / f"{case['id']}.nii.gz")

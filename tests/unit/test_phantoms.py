@@ -29,6 +29,7 @@ from lnnode.phantoms import (
     parse_direction,
     run_synth,
     synthesize,
+    write_case,
 )
 from lnnode.phantoms.anatomy import sample_anatomy
 from lnnode.phantoms.nodes import (
@@ -45,6 +46,7 @@ from lnnode.phantoms.nodes import (
 from ..conftest import REAL_DATA, requires_real_data
 
 TINY = {"shape": (64, 64, 24), "spacing": (2.0, 2.0, 3.0)}
+SMALL_BACKGROUNDS = ("example_ct_sm", "example_ct_dicom")  # the full-size CTs take a minute each to prepare
 
 
 def voxel_world(case, instance: int) -> np.ndarray:
@@ -297,7 +299,7 @@ def _organs_on_grid(name: str, geometry: ImageGeometry) -> np.ndarray:
 
 @requires_real_data
 def test_real_background_nodes_avoid_organs_and_stay_in_the_body():
-    cfg = PhantomConfig(background="real", real_data=str(REAL_DATA))
+    cfg = PhantomConfig(background="real", real_data=str(REAL_DATA), backgrounds=SMALL_BACKGROUNDS)
     seen = set()
     for index in range(4):
         case = make_case(0, index, cfg)
@@ -426,3 +428,57 @@ def test_run_synth_from_the_command_line(tmp_path, capsys):
     assert parser.parse_args(["--out", "x"]).direction == DIRECTION_PRESETS["RAS"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--direction", "1", "0", "0"])
+
+
+def test_background_registry_has_five_patients_and_refuses_unknown_names():
+    from lnnode.phantoms.realct import BACKGROUND_SOURCES, DEFAULT_BACKGROUNDS, background_patient
+
+    assert len({background_patient(n) for n in DEFAULT_BACKGROUNDS}) == len(DEFAULT_BACKGROUNDS) == 5
+    assert background_patient("example_ct_sm") == background_patient("example_ct")  # a part of the same scan
+    if REAL_DATA.is_dir():
+        assert all((REAL_DATA / s.image).exists() for s in BACKGROUND_SOURCES.values())
+    with pytest.raises(PhantomError, match="unknown real background"):
+        PhantomConfig(background="real", backgrounds=("example_ct", "nope"))
+
+
+@requires_real_data
+def test_real_background_hard_negatives_and_nodes_that_replace_fat(tmp_path):
+    from lnnode.phantoms.realct import FAT_HU, load_background
+
+    cfg = PhantomConfig(background="real", real_data=str(REAL_DATA), backgrounds=("example_ct_sm",))
+    bg = load_background(str(REAL_DATA), "example_ct_sm")
+    case = make_case(3, 0, cfg)
+    assert case.geometry == bg.geometry and not np.allclose(bg.geometry.direction_matrix, np.eye(3))
+    label = contracts.validate_label(case.label())
+    assert len(label["rejected"]) == case.info["hard_negatives"] == 8
+    for box in label["rejected"]:
+        idx = tuple(np.round(bg.geometry.world_to_index(box["center"])).astype(int))
+        assert bg.organs[idx]  # centred inside a structure: certainly not a node
+        for node in case.nodes:
+            assert np.linalg.norm(np.subtract(box["center"], node["center"])) > 10.0
+    for value in range(1, case.info["n_nodes"] + 1):
+        footprint = case.instances == value
+        was = bg.image[footprint]
+        assert np.mean((was >= FAT_HU[0]) & (was <= FAT_HU[1])) >= 0.5  # the node displaced fat
+        core = ndimage.binary_erosion(footprint, iterations=1) if footprint.sum() > 60 else footprint
+        assert abs(float(np.median(case.image[core])) - bg.soft_hu) < 45.0  # the scan's own soft tissue
+    entry = write_case(case, tmp_path)
+    written = json.loads((tmp_path / entry["label"]).read_text())
+    assert written["rejected"] == label["rejected"]
+    no_negatives = make_case(3, 0, cfg.replace(hard_negatives=0))
+    assert "rejected" not in no_negatives.label() and np.array_equal(no_negatives.image, case.image)
+
+
+def test_size_matched_plans_make_size_uninformative():
+    from lnnode.phantoms.nodes import sample_plan
+
+    def shorts(cls, matched):
+        rng = np.random.default_rng(5)
+        return np.array([sample_plan(rng, cls, size_matched=matched).short_mm for _ in range(3000)])
+
+    natural = np.median(shorts("metastatic", False)) / np.median(shorts("benign", False))
+    matched = np.median(shorts("metastatic", True)) / np.median(shorts("benign", True))
+    assert natural > 1.8 and 0.9 < matched < 1.1
+    ratios = {c: np.mean([sample_plan(np.random.default_rng(i), c, size_matched=True).ratio for i in range(300)])
+              for c in ("benign", "metastatic")}  # fmt: skip
+    assert ratios["metastatic"] > ratios["benign"] + 0.15  # roundness still tells the classes apart

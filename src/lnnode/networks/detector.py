@@ -243,6 +243,16 @@ def build_detector(
     return detector
 
 
+# an image (after the body crop) up to this many voxels, padded, is run in one window: overlapping windows
+# compute the overlap twice (a 334 x 230 x 141 chest on 192 x 192 x 96 windows: about 2.5 times the voxels);
+# peak memory on the CPU is then about 1.7 GB for the default network
+WHOLE_IMAGE_VOXELS = 16_000_000
+
+
 def clamp_roi(roi: Sequence[int], shape: Sequence[int], divisible: Sequence[int]) -> list[int]:
-    """The sliding-window size for an image: no larger than the (padded) image on any axis."""
-    return [int(min(r, int(np.ceil(s / d)) * d)) for r, s, d in zip(roi, shape, divisible, strict=True)]
+    """The sliding-window size for an image: the whole (padded) image when it has at most
+    ``WHOLE_IMAGE_VOXELS`` voxels, else ``roi``, no larger than the padded image on any axis."""
+    padded = [int(np.ceil(s / d)) * d for s, d in zip(shape, divisible, strict=True)]
+    if int(np.prod(padded)) <= WHOLE_IMAGE_VOXELS:
+        return padded
+    return [int(min(r, p)) for r, p in zip(roi, padded, strict=True)]

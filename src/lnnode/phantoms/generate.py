@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +62,14 @@ class Case:
     nodes: list[dict]  # per node: instance, class, sizes (measured on the final mask), features, centre
     info: dict  # seed, index, modality, background, phase, stage...
     tissue: np.ndarray | None = None  # uint8 Tissue codes (synthetic backgrounds only)
+    rejected: list[dict] = field(default_factory=list)  # hard-negative boxes (real backgrounds), label contract
 
     def label(self) -> dict:
-        """Ground truth in the label contract, boxes from the final instance mask."""
-        return contracts.label_from_instance_mask(self.instances, self.geometry, self.case_id, self.classes)
+        """Ground truth in the label contract, boxes from the final instance mask; hard negatives as ``rejected``."""
+        label = contracts.label_from_instance_mask(self.instances, self.geometry, self.case_id, self.classes)
+        if self.rejected:
+            label = contracts.make_label(self.case_id, label["nodes"], rejected=self.rejected)
+        return label
 
     def manifest_entry(self, label_tag: str = "final") -> dict:
         return {
@@ -251,7 +255,7 @@ def _make_synthetic(streams, config: PhantomConfig):
     geometry = config.geometry()
     anatomy = sample_anatomy(streams["anatomy"], config.modality)
     image, tissue = render_anatomy(anatomy, geometry)
-    planned_stage, plans = sample_plans(streams["nodes"], config.real_shape_fraction)
+    planned_stage, plans = sample_plans(streams["nodes"], config.real_shape_fraction, config.size_matched)
     make_shape = _shape_maker(config, any(p.real_shape for p in plans))
     nodes = place_nodes(streams["nodes"], plans, anatomy, geometry, make_shape, config.modality)
     instances = np.zeros(geometry.shape, np.uint16)
@@ -261,38 +265,41 @@ def _make_synthetic(streams, config: PhantomConfig):
     else:
         image = _finish_mr(image, streams["noise"], geometry, anatomy.values["visceral_fat"], config.noise)
     info = {"background": "synthetic", "phase": anatomy.phase, "planned_stage": planned_stage, **anatomy.meta}
-    return image, geometry, instances, tissue, nodes, info
+    return image, geometry, instances, tissue, nodes, info, []
 
 
 def _make_real(streams, config: PhantomConfig):
-    from lnnode.phantoms.realct import REAL_BACKGROUNDS, load_background, place_real_nodes, real_node_values
+    from lnnode.phantoms.realct import hard_negative_boxes, load_background, place_real_nodes, real_node_values
 
     data_dir = _checked_real_dir(config)
-    name = REAL_BACKGROUNDS[int(streams["background"].integers(len(REAL_BACKGROUNDS)))]
+    names = config.background_names
+    name = names[int(streams["background"].integers(len(names)))]
     bg = load_background(str(data_dir), name)
-    planned_stage, plans = sample_plans(streams["nodes"], config.real_shape_fraction)
+    planned_stage, plans = sample_plans(streams["nodes"], config.real_shape_fraction, config.size_matched)
     make_shape = _shape_maker(config, any(p.real_shape for p in plans))
     rng = streams["nodes"]
     looks = [node_look(rng, p, real_node_values(rng, bg), "ct") for p in plans]
     image, instances, nodes = place_real_nodes(rng, plans, bg, make_shape, looks, config.noise)
     image = np.clip(np.rint(image), -32768, 32767).astype(np.int16)  # the background's own values stay
+    rejected = hard_negative_boxes(streams["background"], bg, nodes, config.hard_negatives)
     info = {
         "background": f"real:{name}",
+        "patient": bg.patient,
         "phase": "unknown",
         "planned_stage": planned_stage,
         "background_noise_hu": round(bg.noise_hu, 1),
+        "background_soft_tissue_hu": round(bg.soft_hu, 1),
+        "hard_negatives": len(rejected),
     }
-    return image, bg.geometry, instances, None, nodes, info
+    return image, bg.geometry, instances, None, nodes, info, rejected
 
 
 def make_case(seed: int, index: int = 0, config: PhantomConfig | None = None, case_id: str | None = None) -> Case:
     """Make case ``index`` of run ``seed`` in memory (nothing is written)."""
     config = config or PhantomConfig()
     streams = case_streams(seed, index)
-    if config.background == "synthetic":
-        image, geometry, instances, tissue, nodes, info = _make_synthetic(streams, config)
-    else:
-        image, geometry, instances, tissue, nodes, info = _make_real(streams, config)
+    make = _make_synthetic if config.background == "synthetic" else _make_real
+    image, geometry, instances, tissue, nodes, info, rejected = make(streams, config)
     if len(nodes) < 256:
         instances = instances.astype(np.uint8)
     classes = {n.instance: n.plan.cls for n in nodes}
@@ -312,6 +319,7 @@ def make_case(seed: int, index: int = 0, config: PhantomConfig | None = None, ca
             "center": list(config.center),
             "real_shapes": config.real_shape_fraction,
             "noise": config.noise,
+            "size_matched": config.size_matched,
         },
     }
     return Case(
@@ -323,6 +331,7 @@ def make_case(seed: int, index: int = 0, config: PhantomConfig | None = None, ca
         nodes=records,
         info=info,
         tissue=tissue,
+        rejected=rejected,
     )
 
 

@@ -112,15 +112,20 @@ def _lognormal(
     return float(np.clip(offset + median * math.exp(sigma * rng.standard_normal()), lo, hi))
 
 
-def sample_plan(rng: np.random.Generator, cls: str, real_shape_fraction: float = 0.0) -> NodePlan:
-    """Draw one node's class-conditional sizes and features."""
+def sample_plan(
+    rng: np.random.Generator, cls: str, real_shape_fraction: float = 0.0, size_matched: bool = False
+) -> NodePlan:
+    """Draw one node's class-conditional sizes and features. ``size_matched``: the short axis comes
+    from either class's size model at random (the same mixture for both classes), so size says
+    nothing about the class; roundness, border, texture, necrosis and hilum still do."""
+    size_cls = str(rng.choice(CLASSES)) if size_matched else cls
     size = SIZE_MODEL[cls]
     lo, hi, a, b = size["ratio"]
     p = FEATURE_PROBABILITIES[cls]
     necrosis = bool(rng.random() < p["necrosis"])
     return NodePlan(
         cls=cls,
-        short_mm=_lognormal(rng, *size["short"][1:], offset=size["short"][0]),
+        short_mm=_lognormal(rng, *SIZE_MODEL[size_cls]["short"][1:], offset=SIZE_MODEL[size_cls]["short"][0]),
         ratio=float(lo + (hi - lo) * rng.beta(a, b)),
         z_ratio=_lognormal(rng, *size["z"]),
         hilum=bool(rng.random() < p["hilum"]) and not necrosis,
@@ -131,11 +136,13 @@ def sample_plan(rng: np.random.Generator, cls: str, real_shape_fraction: float =
     )
 
 
-def sample_plans(rng: np.random.Generator, real_shape_fraction: float = 0.0) -> tuple[str, list[NodePlan]]:
+def sample_plans(
+    rng: np.random.Generator, real_shape_fraction: float = 0.0, size_matched: bool = False
+) -> tuple[str, list[NodePlan]]:
     """A case's planned stage and nodes (metastatic first, so they get placed before the benign ones)."""
     stage, n_met, n_ben = sample_stage(rng)
-    plans = [sample_plan(rng, "metastatic", real_shape_fraction) for _ in range(n_met)]
-    plans += [sample_plan(rng, "benign", real_shape_fraction) for _ in range(n_ben)]
+    plans = [sample_plan(rng, "metastatic", real_shape_fraction, size_matched) for _ in range(n_met)]
+    plans += [sample_plan(rng, "benign", real_shape_fraction, size_matched) for _ in range(n_ben)]
     return stage, plans
 
 
