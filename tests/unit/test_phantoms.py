@@ -311,6 +311,8 @@ def test_real_background_nodes_avoid_organs_and_stay_in_the_body():
         near_organ = ndimage.distance_transform_edt(~organs, sampling=case.geometry.spacing) <= 2.0
         nodes = case.instances > 0
         assert not np.any(nodes & near_organ)
+        faces = [np.take(nodes, end, axis=a) for a in range(3) for end in (0, -1)]
+        assert not any(f.any() for f in faces), "no node is cut by the field of view"
         original, g = read_image(
             REAL_DATA / "totalseg" / ("example_ct_sm.nii.gz" if name == "example_ct_sm" else "example_ct_dicom")
         )
@@ -392,6 +394,9 @@ def test_run_synth_from_the_command_line(tmp_path, capsys):
         "--real-shapes",
         "--label-tag",
         "--prefix",
+        "--backgrounds",
+        "--hard-negatives",
+        "--size-matched",
     ):
         assert option in help_text
     args = parser.parse_args(
@@ -428,6 +433,22 @@ def test_run_synth_from_the_command_line(tmp_path, capsys):
     assert parser.parse_args(["--out", "x"]).direction == DIRECTION_PRESETS["RAS"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--direction", "1", "0", "0"])
+    unknown = parser.parse_args(["--out", str(tmp_path), "--background", "real", "--backgrounds", "nowhere_ct"])
+    assert run_synth(unknown) == 2 and "unknown real background" in capsys.readouterr().err
+
+
+@requires_real_data
+def test_run_synth_real_background_options(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="lnnode synth")
+    add_synth_arguments(parser)
+    argv = ["--out", str(tmp_path), "--cases", "1", "--background", "real", "--backgrounds", "example_ct_sm",
+            "--hard-negatives", "3", "--size-matched", "--real-data", str(REAL_DATA)]  # fmt: skip
+    assert run_synth(parser.parse_args(argv)) == 0
+    assert "real:example_ct_sm" in capsys.readouterr().out
+    label = json.loads((tmp_path / "labels" / "final" / "ct_000.json").read_text())
+    assert len(label["rejected"]) == 3
+    entry = json.loads((tmp_path / MANIFEST_NAME).read_text())["cases"][0]
+    assert entry["options"]["size_matched"] is True and entry["patient"] == "totalseg_example"
 
 
 def test_background_registry_has_five_patients_and_refuses_unknown_names():

@@ -185,6 +185,23 @@ def body_mask(image: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
     return np.moveaxis(filled, 0, az)
 
 
+def _deep_inside(body: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """Body voxels at least ``BODY_DEPTH_MM`` from the body's surface, where the in-plane edge of the field of
+    view counts as surface (a CT cropped inside the body), and off the first and last slices (a node is never
+    cut by the scan's ends)."""
+    az = z_axis_of(geometry)
+    pad = [(1, 1)] * 3
+    pad[az] = (0, 0)
+    padded = np.pad(body, pad, constant_values=False)
+    inner = tuple(slice(None) if a == az else slice(1, -1) for a in range(3))
+    deep = ndimage.distance_transform_edt(padded, sampling=geometry.spacing)[inner] > BODY_DEPTH_MM
+    ends = [slice(None)] * 3
+    for end in (0, -1):
+        ends[az] = end
+        deep[tuple(ends)] = False
+    return deep
+
+
 def _resample_onto(moving: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """A label image resampled onto a reference grid through world coordinates (nearest neighbour, 0 outside)."""
     out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
@@ -271,7 +288,7 @@ def load_background(data_dir: str, name: str) -> RealBackground:
     organs = labels > 0 if labels is not None else np.zeros(image.shape, bool)
     vessels = np.isin(labels, list(_VESSELS.values())) if labels is not None else organs
     body = body_mask(image, geometry)
-    deep = ndimage.distance_transform_edt(body, sampling=sp) > BODY_DEPTH_MM
+    deep = _deep_inside(body, geometry)
     near_organ = ndimage.distance_transform_edt(~organs, sampling=sp) <= organ_clearance_mm(geometry)
     soft = (image >= HU_RANGE[0]) & (image <= HU_RANGE[1])
     forbidden = ~deep | near_organ | ~soft
