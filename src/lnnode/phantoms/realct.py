@@ -245,7 +245,7 @@ def _soft_tissue_hu(image: np.ndarray, body: np.ndarray, organs: np.ndarray) -> 
     return float(np.median(smooth[soft])) if soft.sum() > 1000 else 45.0
 
 
-def _negative_sites(labels: np.ndarray, geometry: ImageGeometry, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _negative_sites(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per hard-negative group, flat indices of voxels at least a voxel inside the group's structures."""
     sites = {}
     for group, members in _NEGATIVE_GROUPS.items():
@@ -312,7 +312,7 @@ def load_background(data_dir: str, name: str) -> RealBackground:
         fat_hu=float(np.median(image[fat])) if fat.any() else -100.0,
         soft_hu=_soft_tissue_hu(image, body, organs),
         noise_hu=_noise_sigma(image, fat),
-        negative_sites=_negative_sites(labels, geometry, rng) if labels is not None else {},
+        negative_sites=_negative_sites(labels, rng) if labels is not None else {},
     )
 
 

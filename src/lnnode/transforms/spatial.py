@@ -110,7 +110,7 @@ class LoadVolumed(MapTransform):
                 elif g != geometry:
                     array = resample_to_grid(array, g, geometry, fill=float(array.min()))
                 channels.append(array)
-            d[key] = np.stack(channels)
+            d[key] = channels[0][None] if len(channels) == 1 else np.stack(channels)  # no copy of one channel
             d[f"{key}_geometry"] = geometry
         return d
 
