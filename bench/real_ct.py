@@ -45,16 +45,24 @@ def background_sets(
     return sets
 
 
+def _link(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)  # a hard link: the datastore refuses symbolic links that leave the studies folder
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def link_studies(dest: Path, sources: list[Path], tag: str = "final") -> Path:
-    """A studies folder of symbolic links to the images and ``tag`` labels of ``sources`` (rebuilt each time)."""
+    """A studies folder of hard links (copies across file systems) to the images and ``tag`` labels of
+    ``sources``, rebuilt each time."""
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "labels" / tag).mkdir(parents=True)
     for src in sources:
         for label in sorted((src / "labels" / tag).glob("*.json")):
             case = label.name.removesuffix(".json")
-            os.symlink((src / f"{case}.nii.gz").resolve(), dest / f"{case}.nii.gz")
-            os.symlink(label.resolve(), dest / "labels" / tag / label.name)
+            _link(src / f"{case}.nii.gz", dest / f"{case}.nii.gz")
+            _link(label, dest / "labels" / tag / label.name)
     return dest
 
 
