@@ -30,15 +30,16 @@ BODY_THRESHOLD = 0.05
 
 def _body(channel: np.ndarray) -> np.ndarray:
     """Voxels brighter than the darkest decile: the body in MR, without the background air."""
-    flat = channel.ravel()
+    flat = channel.ravel(order="K")  # memory order: no reordering copy of a Fortran-ordered volume
     sample = flat[:: max(1, flat.size // 200_000)]
     return sample[sample > np.percentile(sample, 10)]
 
 
 def normalize_intensity(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """Normalise a (C, ...) float image per channel as ``spec`` says; output float32 in [0, 1]."""
-    out = np.empty(np.shape(image), dtype=np.float32)
-    for c, channel in enumerate(np.asarray(image, dtype=np.float32)):
+    image = np.asarray(image, dtype=np.float32)
+    out = np.empty_like(image)  # the input's memory order: writing across orders is a slow strided copy
+    for c, channel in enumerate(image):
         if spec["kind"] == "ct_window":
             lo, hi = (float(v) for v in spec["window"])
         elif spec["kind"] == "percentile":
@@ -46,8 +47,11 @@ def normalize_intensity(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarra
             lo, hi = (float(v) for v in np.percentile(body, [spec["lower"], spec["upper"]]))
         else:
             raise ValueError(f"unknown intensity normalisation {spec['kind']!r}")
-        scale = 1.0 / max(hi - lo, 1e-6)
-        np.clip((channel - lo) * scale, 0.0, 1.0, out=out[c])
+        scale = np.float32(1.0 / max(hi - lo, 1e-6))
+        view = out[c]
+        np.subtract(channel, np.float32(lo), out=view)  # in place: no temporaries of a whole CT
+        view *= scale
+        np.clip(view, 0.0, 1.0, out=view)
     return out
 
 

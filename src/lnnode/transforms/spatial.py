@@ -51,7 +51,7 @@ def resample_to_grid(
         float(fill),
         sitk.sitkFloat32,
     )
-    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy()
+    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy(order="K")  # SimpleITK's order: no reorder
 
 
 def body_box(image: np.ndarray, threshold: float, margin: int) -> tuple[np.ndarray, np.ndarray] | None:
