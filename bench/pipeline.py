@@ -127,17 +127,17 @@ def leave_one_background_out(out: Path, minutes: float, quick: bool) -> dict:
                    spacing=(1.0, 1.0, 2.0), prefix="synth_")  # fmt: skip
     report: dict = {"minutes_per_fold": minutes, "folds": {}}
     pooled: dict[str, list] = {"natural": [], "size_matched": []}
-    for held, fold in lobo_folds(natural).items():
-        train = [*fold["train"], *lobo_folds(matched)[held]["train"], synth]
+    folds = {"natural": lobo_folds(natural), "size_matched": lobo_folds(matched)}
+    for held in folds["natural"]:
+        train = [*folds["natural"][held]["train"], *folds["size_matched"][held]["train"], synth]
         studies = link_studies(out / f"lobo_{held}" / "studies", train)
         model_dir = out / f"lobo_{held}" / "model"
         stats = train_classifier(studies, model_dir, epochs=10000, init="scratch", val_split=0.15,
                                  extra={"max_train_minutes": minutes})  # fmt: skip
         model = model_dir / "lymph_node_classification.pt"
         report["folds"][held] = {"epochs": stats.get("epoch")}
-        for mix, sets in (("natural", natural), ("size_matched", matched)):
-            tests = lobo_folds(sets)[held]["test"]
-            for test in tests:
+        for mix, mix_folds in folds.items():
+            for test in mix_folds[held]["test"]:
                 m = evaluate_classification(test, str(model), out / f"lobo_{held}" / f"eval_{mix}_{test.name}")
                 pooled[mix].append(m)
                 report["folds"][held][f"{mix}_{test.name}"] = {

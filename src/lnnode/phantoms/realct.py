@@ -49,6 +49,7 @@ __all__ = [
     "background_patient",
     "check_backgrounds",
     "load_background",
+    "read_background",
     "body_mask",
     "organ_clearance_mm",
     "place_real_nodes",
@@ -260,7 +261,9 @@ def _negative_sites(labels: np.ndarray, rng: np.random.Generator) -> dict[str, n
     return sites
 
 
-def _read_background(root: Path, name: str) -> tuple[np.ndarray, ImageGeometry, np.ndarray | None]:
+def read_background(root: Path, name: str) -> tuple[np.ndarray, ImageGeometry, np.ndarray | None]:
+    """A background's HU array, geometry and TotalSegmentator label values on its grid (None without masks),
+    without the placement maps of :func:`load_background` (those take a minute on a full-size CT)."""
     source = BACKGROUND_SOURCES[name]
     path = root / source.image
     if not path.exists():
@@ -283,7 +286,7 @@ def load_background(data_dir: str, name: str) -> RealBackground:
     """Load a real background and precompute its placement maps (cached per process)."""
     if name not in BACKGROUND_SOURCES:
         raise PhantomError(f"unknown real background {name!r}; known: {', '.join(REAL_BACKGROUNDS)}")
-    image, geometry, labels = _read_background(Path(data_dir), name)
+    image, geometry, labels = read_background(Path(data_dir), name)
     sp = geometry.spacing
     organs = labels > 0 if labels is not None else np.zeros(image.shape, bool)
     vessels = np.isin(labels, list(_VESSELS.values())) if labels is not None else organs
