@@ -11,7 +11,7 @@ a mined box becomes training signal the same way. Only boxes that are *certainly
 * images ``lnnode synth`` did not make (a reader's data) are left alone: the reader's rejected list is theirs.
 
 Labels are rewritten whole (temporary file, then rename); a box within 5 mm of one already rejected is not added
-twice, so mining again with the same detector adds nothing.
+twice, so mining again with the same detector adds only what the last run's cap left out.
 """
 
 from __future__ import annotations
