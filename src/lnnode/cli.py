@@ -120,6 +120,12 @@ def _add_train(sub) -> None:
         help="JSON of DetectorSpec / ClassifierSpec fields for a new model, e.g. '{\"fpn_channels\": 48}' or "
         '\'{"architecture": "2.5d", "pretrained_path": "resnet18.pth"}\'',
     )
+    p.add_argument(
+        "--no-shape-features",
+        action="store_true",
+        help="3D classifier: the CNN logit alone (default: fused with the nodes' measured shape, fitted on the "
+        "validation nodes)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (reproducible runs)")
     p.add_argument(
         "--publish",
@@ -134,7 +140,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from lnnode.training import train_model
 
-    extra = {"patches_per_image": args.patches, "publish": args.publish}
+    extra = {"patches_per_image": args.patches, "publish": args.publish, "shape_features": not args.no_shape_features}
     if args.batch_size:
         extra["train_batch_size"] = args.batch_size
     if args.gpus > 1:
@@ -242,8 +248,8 @@ def _add_demo_weights(sub) -> None:
     p.add_argument("--model", choices=TRAINABLE, default=DETECTION, help="which model (default: the detector)")
     p.add_argument("--work", default="demo/demo-weights", help="work folder for the training phantoms")
     p.add_argument("--out", default=str(DEMO_MODEL_DIR), help="folder for the demo checkpoint")
-    p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 80 classifier)")
-    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 30 classifier)")
+    p.add_argument("--cases", type=int, help="training phantoms (default: 32 detector, 160 classifier)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 60 detector, 25 classifier)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data", help="2D models: the BUSI folder (cases.csv, images/, masks/; default ../shared/...)")
     p.set_defaults(run=_run_demo_weights)

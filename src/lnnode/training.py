@@ -51,7 +51,7 @@ DEMO_RECIPES: dict[str, list[tuple[float, dict[str, Any]]]] = {
 }
 DEMO_DEFAULTS = {
     DETECTION: {"cases": 32, "epochs": 60},
-    CLASSIFICATION: {"cases": 80, "epochs": 30},
+    CLASSIFICATION: {"cases": 160, "epochs": 25},
     DETECTION_2D: {"epochs": 40},
     CLASSIFICATION_2D: {"epochs": 40},
 }

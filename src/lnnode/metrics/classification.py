@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 __all__ = [
     "roc_curve",
@@ -27,6 +27,8 @@ __all__ = [
     "brier_score",
     "fit_temperature",
     "apply_temperature",
+    "fit_fusion",
+    "fused_logits",
     "cohen_kappa",
     "classification_report",
     "plot_roc",
@@ -185,6 +187,46 @@ def fit_temperature(logits: Sequence[float], y_true: Sequence[int]) -> float:
 
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
+
+
+def _standardised(values: np.ndarray, mean, std) -> np.ndarray:
+    return np.nan_to_num((np.asarray(values, dtype=float) - np.asarray(mean)) / np.asarray(std))
+
+
+def fit_fusion(logits: Sequence[float], features: np.ndarray, y_true: Sequence[int], l2: float = 1.0) -> dict:
+    """A logistic model of the class from a CNN logit and measured features (N, F): ``z = a * logit' + w . f' + b``
+    with the logit and the features standardised on these nodes (a missing feature, NaN, counts as the mean).
+    ``l2``: ridge penalty on ``a`` and ``w`` (as scikit-learn's ``C = 1 / l2``: the few validation nodes must not
+    be memorised). Returns what :func:`fused_logits` needs."""
+    z = np.asarray(logits, dtype=float).reshape(-1)
+    y = np.asarray(y_true, dtype=float).reshape(-1)
+    columns = np.column_stack([z, np.asarray(features, dtype=float).reshape(len(z), -1)])
+    mean = np.nan_to_num(np.nanmean(columns, axis=0)) if len(z) else np.zeros(columns.shape[1])
+    std = np.nan_to_num(np.nanstd(columns, axis=0), nan=1.0) if len(z) else np.ones(columns.shape[1])
+    std = np.where(std > 1e-9, std, 1.0)
+    x = np.column_stack([_standardised(columns, mean, std), np.ones(len(z))])
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a = x @ theta
+        nll = np.sum(np.logaddexp(0.0, -a) * y + np.logaddexp(0.0, a) * (1 - y))
+        penalised = np.append(theta[:-1], 0.0)  # not the bias
+        grad = x.T @ (1.0 / (1.0 + np.exp(-a)) - y) + l2 * penalised
+        return float(nll + 0.5 * l2 * np.sum(penalised**2)), grad
+
+    theta = minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+    return {"logit_weight": float(theta[0]), "weights": theta[1:-1].tolist(), "bias": float(theta[-1]),
+            "logit_mean": float(mean[0]), "logit_std": float(std[0]), "mean": mean[1:].tolist(),
+            "std": std[1:].tolist(), "l2": float(l2)}  # fmt: skip
+
+
+def fused_logits(fusion: dict, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """:func:`fit_fusion`'s logit for each column of ``logits`` (N, T) (test-time flips: the features are the
+    node's, the same in every column)."""
+    z = np.asarray(logits, dtype=float)
+    f = np.asarray(features, dtype=float).reshape(z.shape[0], -1)
+    shift = _standardised(f, fusion["mean"], fusion["std"]) @ np.asarray(fusion["weights"]) + fusion["bias"]
+    slope = fusion["logit_weight"] / fusion["logit_std"]
+    return slope * (z - fusion["logit_mean"]) + (shift[:, None] if z.ndim == 2 else shift)
 
 
 # -- agreement --------------------------------------------------------------------------------------

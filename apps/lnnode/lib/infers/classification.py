@@ -28,6 +28,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lnnode.contracts import POSITIVE_CLASS, ContractError, check_label_in_image, validate_query_nodes
 from lnnode.io.checkpoint import Checkpoint
 from lnnode.io.image import write_image
+from lnnode.measure.features import shape_features
+from lnnode.metrics.classification import fused_logits
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
 from lnnode.transforms import LoadVolumed, NormalizeIntensityd
 from lnnode.transforms.crops import NodeCropsd, crop_geometry
@@ -35,7 +37,7 @@ from lnnode.transforms.crops import NodeCropsd, crop_geometry
 from ..server.errors import Unprocessable
 from .base import CheckImageKindd, CheckpointInferTask
 from .detection import model_version
-from .keys import IMAGE, IMAGE_ID, LOGITS, NODES, P_METASTASIS, RESULT, SALIENCY, UNCERTAINTY
+from .keys import IMAGE, IMAGE_GEOMETRY, IMAGE_ID, LOGITS, NODES, P_METASTASIS, RESULT, SALIENCY, SHAPE, UNCERTAINTY
 from .writer import ResultWriter, make_result
 
 __all__ = ["NodeClassification", "CheckNodesd", "ClassificationToResultd", "probabilities", "saliency_data_uri"]
@@ -89,6 +91,19 @@ def saliency_data_uri(cam: np.ndarray, center: Sequence[float], spacing: float) 
     with tempfile.TemporaryDirectory(prefix="lnnode_saliency_") as tmp:
         path = write_image(np.rint(255 * np.clip(half, 0, 1)).astype(np.uint8), geometry, Path(tmp) / "s.nii.gz")
         return SALIENCY_MIME + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+class ShapeFeaturesd(MapTransform):
+    """Each request node's measured shape (:func:`shape_features`, (N, F)) under ``SHAPE``, from the loaded image."""
+
+    def __init__(self, modality: str, nodes_key: str = NODES, image_key: str = IMAGE):
+        super().__init__(keys=[nodes_key])
+        self.modality, self.nodes_key, self.image_key = modality, nodes_key, image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[SHAPE] = shape_features(d[self.image_key][0], d[IMAGE_GEOMETRY], d[self.nodes_key], self.modality)
+        return d
 
 
 class ClassificationToResultd(MapTransform):
@@ -160,13 +175,19 @@ class NodeClassification(CheckpointInferTask):
     def build_network(self, checkpoint: Checkpoint) -> torch.nn.Module:
         return build_classifier_network(ClassifierSpec.from_dict(checkpoint.meta["network"]))
 
+    def fusion(self) -> dict[str, Any] | None:
+        """The checkpoint's fusion of the CNN logit with the nodes' measured shape (None: the logit alone)."""
+        return self.checkpoint().meta.get("calibration", {}).get("fusion")
+
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         meta = self.checkpoint().meta
         spec = self.spec()
+        measure = [ShapeFeaturesd(meta["preprocessing"].get("modality", "ct"))] if self.fusion() else []
         return [
             LoadVolumed(keys=IMAGE, allow_2d=True),
             CheckImageKindd(self.name, self.planar),
             CheckNodesd(),
+            *measure,  # on the image's own units, before normalisation
             NormalizeIntensityd(keys=IMAGE, spec=meta["preprocessing"]["intensity"]),
             NodeCropsd(
                 keys=IMAGE,
@@ -185,6 +206,9 @@ class NodeClassification(CheckpointInferTask):
             device=device,
             amp=_truthy(data.get("amp"), True),
         )
+        fusion = self.fusion()
+        if fusion is not None:
+            logits = torch.from_numpy(fused_logits(fusion, logits.numpy(), data[SHAPE]).astype(np.float32))
         data[LOGITS] = logits
         data[P_METASTASIS], data[UNCERTAINTY] = probabilities(logits, self.temperature())
         if _truthy(data.get("saliency"), False) and len(data[NODES]):

@@ -17,3 +17,4 @@ BOXES, BOX_SCORES = "boxes", "labels_scores"  # what MONAI's RetinaNetDetector r
 LOGITS = "logits"  # the classifier's logits per node and flip (N, TTA)
 P_METASTASIS, UNCERTAINTY = "p_metastasis", "uncertainty"  # calibrated mean and spread over the flips, per node
 SALIENCY = "saliency_maps"  # Grad-CAM maps per node, as NIfTI data URIs
+SHAPE = "shape_features"  # the nodes' measured shape (N, F) the classifier's fusion reads (lnnode.measure.features)

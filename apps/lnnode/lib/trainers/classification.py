@@ -30,7 +30,14 @@ from monailabel.tasks.train.basic_train import Context
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from lnnode.contracts import POSITIVE_CLASS
-from lnnode.metrics.classification import expected_calibration_error, fit_temperature, roc_auc
+from lnnode.measure.features import SHAPE_FEATURES, shape_features
+from lnnode.metrics.classification import (
+    expected_calibration_error,
+    fit_fusion,
+    fit_temperature,
+    fused_logits,
+    roc_auc,
+)
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network
 from lnnode.transforms import DEFAULT_INTENSITY, LoadVolumed, NormalizeIntensityd, load_label
 from lnnode.transforms.crops import extract_crops, planar_views
@@ -45,6 +52,8 @@ __all__ = ["NodeClassificationTrainer", "NodeCropDataset", "node_crops", "Classi
 METRIC = "val_auc"
 CLASS_INDEX = {"benign": 0, "metastatic": 1}
 JITTER_MM = 4.0  # sub-crop offsets up to this much: the centring error of a detector's box
+# validation nodes of each class a shape fusion needs (fewer: the CNN logit alone, temperature-scaled)
+MIN_FUSION = 10
 
 
 def changed_by_reader(node: dict[str, Any]) -> bool:
@@ -53,21 +62,29 @@ def changed_by_reader(node: dict[str, Any]) -> bool:
 
 
 def node_crops(
-    datalist: list[dict[str, Any]], spec: ClassifierSpec, intensity: dict[str, Any], margin_vox: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    datalist: list[dict[str, Any]],
+    spec: ClassifierSpec,
+    intensity: dict[str, Any],
+    margin_vox: int,
+    measure: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor, np.ndarray | None]:
     """Crops (N, C, L, L, L) with L = crop + 2 * margin ((N, C, L, L) for a 2d spec, on 2D images), labels (N,),
-    case ids and reader-changed flags (N,) of every classed node. Rejected boxes are not nodes: the classifier
-    never sees them."""
+    case ids, reader-changed flags (N,) of every classed node, and with ``measure`` (the modality) each node's
+    measured :data:`SHAPE_FEATURES` (N, F) (else None). Rejected boxes are not nodes: the classifier never sees
+    them."""
     planar = spec.spatial_dims == 2
     load = LoadVolumed(keys="image", allow_2d=planar)
     normalise = NormalizeIntensityd(keys="image", spec=intensity)
     shape = [s + 2 * margin_vox for s in spec.crop_shape]
-    crops, labels, cases, changed = [], [], [], []
+    crops, labels, cases, changed, features = [], [], [], [], []
     for item in datalist:
         nodes = [n for n in load_label(item["label"], item["id"])["nodes"] if n.get("class") in CLASS_INDEX]
         if not nodes:
             continue
-        d = normalise(load({"image": item["image"]}))
+        d = load({"image": item["image"]})
+        if measure:  # on the image's own units (HU), before normalisation
+            features.append(shape_features(d["image"][0], d["image_geometry"], nodes, measure))
+        d = normalise(d)
         centers = [n["center"] for n in nodes]
         if planar:
             crops.append(planar_views(d["image"], d["image_geometry"], nodes, shape[0], spec.crop_spacings_for))
@@ -76,10 +93,14 @@ def node_crops(
         labels += [CLASS_INDEX[n["class"]] for n in nodes]
         cases += [item["id"]] * len(nodes)
         changed += [changed_by_reader(n) for n in nodes]
+    measured = np.zeros((0, len(SHAPE_FEATURES)), np.float32) if measure else None
+    if features:
+        measured = np.concatenate(features)
     if not crops:
-        return torch.zeros((0, spec.network_channels, *shape)), torch.zeros(0), [], torch.zeros(0, dtype=torch.bool)
+        empty = torch.zeros((0, spec.network_channels, *shape))
+        return empty, torch.zeros(0), [], torch.zeros(0, dtype=torch.bool), measured
     labels_t = torch.tensor(labels, dtype=torch.float32)
-    return torch.from_numpy(np.concatenate(crops)), labels_t, cases, torch.tensor(changed, dtype=torch.bool)
+    return torch.from_numpy(np.concatenate(crops)), labels_t, cases, torch.tensor(changed, dtype=torch.bool), measured
 
 
 class NodeCropDataset(Dataset):
@@ -200,14 +221,20 @@ class NodeClassificationTrainer(LnnodeTrainTask):
     def _margin(self, context: Context) -> int:
         return int(round(JITTER_MM / context.spec.crop_spacing))
 
+    def _fuses_shape(self, context: Context) -> bool:
+        """Whether the checkpoint gets a shape fusion (request ``shape_features``, default on for 3D)."""
+        return not self.planar and str(context.request.get("shape_features", True)).lower() not in ("false", "0", "no")
+
     def _crops(self, context: Context, datalist, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not hasattr(context, "node_crops"):
-            context.node_crops = {}
+            context.node_crops, context.node_features = {}, {}
         if name not in context.node_crops:
-            crops, labels, _, changed = node_crops(
-                datalist, context.spec, context.preprocessing["intensity"], self._margin(context)
+            measure = context.preprocessing["modality"] if name == "val" and self._fuses_shape(context) else None
+            crops, labels, _, changed, features = node_crops(
+                datalist, context.spec, context.preprocessing["intensity"], self._margin(context), measure
             )
             context.node_crops[name] = (crops, labels, changed)
+            context.node_features[name] = features
             logger.info(f"{name}: {len(labels)} nodes, {int(labels.sum())} metastatic, {int(changed.sum())} changed")
         return context.node_crops[name]
 
@@ -294,16 +321,30 @@ class NodeClassificationTrainer(LnnodeTrainTask):
         logits, labels = metric.arrays() if metric is not None else (np.zeros(0), np.zeros(0))
         if len(np.unique(labels)) < 2:
             return {"temperature": 1.0, "fitted": False, "reason": "no validation nodes of both classes"}
+        fusion = self._fusion(context, logits, labels)
+        if fusion is not None:
+            logits = fused_logits(fusion, logits, context.node_features["val"])
         t = float(fit_temperature(logits, labels.astype(int)))
         before = expected_calibration_error(labels.astype(int), 1.0 / (1.0 + np.exp(-logits)))
         after = expected_calibration_error(labels.astype(int), 1.0 / (1.0 + np.exp(-logits / t)))
-        return {
+        calibration = {
             "temperature": t,
             "fitted": True,
             "n_val_nodes": int(len(labels)),
             "ece_before": float(before),
             "ece_after": float(after),
         }
+        return {**calibration, "fusion": fusion} if fusion is not None else calibration
+
+    def _fusion(self, context: Context, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+        """The CNN logit fused with the validation nodes' measured shape (:func:`fit_fusion`), or None."""
+        features = getattr(context, "node_features", {}).get("val")
+        if features is None or len(features) != len(logits) or min(labels.sum(), (1 - labels).sum()) < MIN_FUSION:
+            return None
+        fusion = fit_fusion(logits, features, labels.astype(int))
+        fused = fused_logits(fusion, logits, features)
+        return {"features": list(SHAPE_FEATURES), **fusion, "val_auc_cnn": float(roc_auc(labels.astype(int), logits)),
+                "val_auc_fused": float(roc_auc(labels.astype(int), fused))}  # fmt: skip
 
     def _meta(self, context: Context) -> dict[str, Any]:
         crops = getattr(context, "node_crops", {})
