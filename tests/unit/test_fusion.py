@@ -49,7 +49,7 @@ def test_a_trained_classifier_carries_the_fusion_and_its_infer_applies_it(tmp_pa
     from lnnode.training import train_model
 
     studies = tmp_path / "studies"
-    synthesize(studies, 32, modality="ct", seed=11, shape=(64, 64, 24), spacing=(1.5, 1.2, 3.0), direction="oblique")
+    synthesize(studies, 24, modality="ct", seed=11, shape=(64, 64, 24), spacing=(1.5, 1.2, 3.0), direction="oblique")
     train_model(CLASSIFICATION, studies, tmp_path / "fused", epochs=2, init="scratch", val_split=0.5, seed=0,
                 spec={"crop_mm": 24.0, "crop_spacing": 1.5}, extra={"publish": "always"})  # fmt: skip
     path = tmp_path / "fused" / f"{CLASSIFICATION}.pt"
