@@ -37,6 +37,7 @@ def test_flips_keep_their_spread_and_a_missing_measurement_counts_as_the_mean():
     missing[0] = np.nan
     at_mean = fusion["logit_weight"] * (logit[0] - fusion["logit_mean"]) / fusion["logit_std"] + fusion["bias"]
     assert np.isclose(fused_logits(fusion, logit[:1], missing[:1])[0], at_mean)
+    assert fused_logits(fusion, np.zeros((0, 8)), np.zeros((0, 2))).shape == (0, 8), "a request without nodes"
 
 
 def test_a_trained_classifier_carries_the_fusion_and_its_infer_applies_it(tmp_path):

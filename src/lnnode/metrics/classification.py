@@ -223,7 +223,7 @@ def fused_logits(fusion: dict, logits: np.ndarray, features: np.ndarray) -> np.n
     """:func:`fit_fusion`'s logit for each column of ``logits`` (N, T) (test-time flips: the features are the
     node's, the same in every column)."""
     z = np.asarray(logits, dtype=float)
-    f = np.asarray(features, dtype=float).reshape(z.shape[0], -1)
+    f = np.asarray(features, dtype=float).reshape(z.shape[0], len(fusion["weights"]))  # also for no nodes
     shift = _standardised(f, fusion["mean"], fusion["std"]) @ np.asarray(fusion["weights"]) + fusion["bias"]
     slope = fusion["logit_weight"] / fusion["logit_std"]
     return slope * (z - fusion["logit_mean"]) + (shift[:, None] if z.ndim == 2 else shift)
