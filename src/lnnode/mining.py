@@ -125,8 +125,8 @@ def mine_hard_negatives(
         request = {"image": str(image_path), "image_id": case_id, "device": device}
         if score_thresh is not None:
             request["score_thresh"] = float(score_thresh)
-        _, result = task(request)
-        image, geometry = read_image(image_path)
+        image, geometry = read_image(image_path)  # once: the detector reads it as loaded
+        result = task.result_for(request, image[None], geometry)
         mined = _false_positives(result["nodes"], label, partial(certain, case=case, image=image, geometry=geometry))
         mined = mined[:max_per_case]
         if mined:

@@ -13,11 +13,18 @@ from typing import Any
 import numpy as np
 
 from lnnode.geometry import ImageGeometry
-from lnnode.measure.delineation import measure_node
+from lnnode.measure.delineation import NodeMeasurement, measure_node
 
-__all__ = ["SHAPE_FEATURES", "shape_features"]
+__all__ = ["SHAPE_FEATURES", "shape_features", "shape_row"]
 
 SHAPE_FEATURES = ("short_axis_mm", "axis_ratio", "solidity", "heterogeneity")
+
+
+def shape_row(m: NodeMeasurement | None) -> list[float]:
+    """A delineation's :data:`SHAPE_FEATURES` (NaN where it found nothing)."""
+    if m is None:
+        return [float("nan")] * len(SHAPE_FEATURES)
+    return [m.short_axis_mm, m.values["axis_ratio"], m.values["solidity"], m.values["heterogeneity"]]
 
 
 def shape_features(
@@ -25,9 +32,5 @@ def shape_features(
 ) -> np.ndarray:
     """(N, len(SHAPE_FEATURES)) float32 of the nodes (world LPS boxes) on ``image``, the (i, j, k) volume in its
     own units (HU for CT)."""
-    out = np.full((len(nodes), len(SHAPE_FEATURES)), np.nan, dtype=np.float32)
-    for row, node in zip(out, nodes, strict=True):
-        m = measure_node(image, geometry, node["center"], node["size"], modality)
-        if m is not None:
-            row[:] = [m.short_axis_mm, m.values["axis_ratio"], m.values["solidity"], m.values["heterogeneity"]]
-    return out
+    rows = [shape_row(measure_node(image, geometry, n["center"], n["size"], modality)) for n in nodes]
+    return np.asarray(rows, dtype=np.float32).reshape(len(nodes), len(SHAPE_FEATURES))

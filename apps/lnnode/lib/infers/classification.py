@@ -94,7 +94,8 @@ def saliency_data_uri(cam: np.ndarray, center: Sequence[float], spacing: float) 
 
 
 class ShapeFeaturesd(MapTransform):
-    """Each request node's measured shape (:func:`shape_features`, (N, F)) under ``SHAPE``, from the loaded image."""
+    """Each request node's measured shape (:func:`shape_features`, (N, F)) under ``SHAPE``, from the loaded image
+    (unless the request brought it, one row per node)."""
 
     def __init__(self, modality: str, nodes_key: str = NODES, image_key: str = IMAGE):
         super().__init__(keys=[nodes_key])
@@ -102,7 +103,9 @@ class ShapeFeaturesd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        d[SHAPE] = shape_features(d[self.image_key][0], d[IMAGE_GEOMETRY], d[self.nodes_key], self.modality)
+        given = d.get(SHAPE)  # the pipeline's, from its own delineation of the same boxes
+        if given is None or len(given) != len(d[self.nodes_key]):
+            d[SHAPE] = shape_features(d[self.image_key][0], d[IMAGE_GEOMETRY], d[self.nodes_key], self.modality)
         return d
 
 

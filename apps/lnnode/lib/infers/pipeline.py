@@ -21,12 +21,14 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lnnode.contracts import POSITIVE_CLASS, ContractError, validate_result
 from lnnode.io.image import ImageError, pixel_spacing_known
-from lnnode.measure.delineation import measure_node
+from lnnode.measure.delineation import NodeMeasurement, measure_node
+from lnnode.measure.features import shape_row
 from lnnode.measure.planar import measure_lesion
 from lnnode.measure.rules import n_stage_hint, node_rules, planar_rules
 from lnnode.transforms import LoadVolumed
@@ -35,7 +37,7 @@ from ..server.errors import ModelNotReady, RequestError, Unprocessable
 from .base import image_kind_error
 from .classification import NodeClassification
 from .detection import NodeDetection, model_version
-from .keys import IMAGE, IMAGE_GEOMETRY, NODES, RESULT
+from .keys import IMAGE, IMAGE_GEOMETRY, NODES, RESULT, SHAPE
 from .writer import ResultWriter, make_result
 
 logger = logging.getLogger(__name__)
@@ -168,12 +170,18 @@ class NodePipeline(BasicInferTask):
 
         t = time.perf_counter()
         nodes, classified = detection["nodes"], {}
+        modality = self.detection.checkpoint().meta["preprocessing"].get("modality", "ct")
+        # one delineation per box: its measurements give the axes and rules, and the classifier's shape fusion
+        measured = [] if self.planar else [self._delineate(n, volume[0], geometry, modality) for n in nodes]
+        latencies["measure"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         if classify:
-            nodes, classified = self._classify(req, nodes, volume, geometry, warnings)
+            stage = req if self.planar else {**req, SHAPE: np.array([shape_row(m) for m in measured], np.float32)}
+            nodes, classified = self._classify(stage, nodes, volume, geometry, warnings)
         latencies["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        modality = self.detection.checkpoint().meta["preprocessing"].get("modality", "ct")
         if not classified and by == "classifier":
             by = "morphology"
         if self.planar:
@@ -182,10 +190,10 @@ class NodePipeline(BasicInferTask):
             for node in nodes:
                 self._measure_planar(node, volume[0], geometry, in_mm)
         else:
-            for node in nodes:
-                self._measure(node, volume[0], geometry, modality)
+            for node, m in zip(nodes, measured, strict=True):
+                self._measure(node, m)
         n_suspicious = sum(_suspicious(n, by, p_thresh) for n in nodes)
-        latencies["measure"] = time.perf_counter() - t
+        latencies["measure"] += time.perf_counter() - t
 
         result = make_result(
             detection["image"],
@@ -206,9 +214,12 @@ class NodePipeline(BasicInferTask):
             raise RuntimeError(f"lnnode produced an invalid result: {e}") from e
 
     @staticmethod
-    def _measure(node: dict[str, Any], volume, geometry, modality: str) -> None:
-        """Short and long axis (mm) and the rule categories, into ``node``."""
-        m = measure_node(volume, geometry, node["center"], node["size"], modality)
+    def _delineate(node: dict[str, Any], volume, geometry, modality: str) -> NodeMeasurement | None:
+        return measure_node(volume, geometry, node["center"], node["size"], modality)
+
+    @staticmethod
+    def _measure(node: dict[str, Any], m: NodeMeasurement | None) -> None:
+        """Short and long axis (mm) and the rule categories of a delineation, into ``node``."""
         if m is not None:
             node["short_axis_mm"] = round(float(m.short_axis_mm), 1)
             node["long_axis_mm"] = round(float(max(m.long_axis_mm, m.short_axis_mm)), 1)
