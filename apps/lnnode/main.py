@@ -17,7 +17,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib.activelearning import Uncertain
+from lib.activelearning import Badge, Uncertain
 from lib.configs import PIPELINE_2D_OPTIONS, PIPELINE_OPTIONS, infer_config, init_task_configs
 from lib.datastore import DicomwebDatastore, LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
@@ -89,6 +89,7 @@ class LymphNodeApp(MONAILabelApp):
         if PIPELINE in self._infers or PIPELINE_2D in self._infers:
             suffixes = self._infers[PIPELINE].channel_suffixes if PIPELINE in self._infers else list
             strategies["uncertain"] = Uncertain(suffixes, self.options.novelty_weight)
+            strategies["badge"] = Badge(suffixes)
         return self._from_configs("strategy", strategies)
 
     def init_scoring_methods(self):

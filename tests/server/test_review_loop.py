@@ -239,3 +239,27 @@ def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_se
     assert score.get("models", {}).get("lymph_node_detection") == version, score
     _, info = server.request("GET", "/datastore/label/info?label=ct_000&tag=final")
     assert info["review"]["rejected"] == 1, "the scoring process's write kept the server's label info"
+
+
+def test_badge_strategy_serves_doubtful_cases_and_never_a_copy_of_one_in_review(start_server, studies, tmp_path):
+    """Scoring stores each case's classifier embedding; ``badge`` serves the most doubtful case first, then cases
+    unlike those already served since the models scored the pool: an exact copy of a case in review never."""
+    studies = Path(shutil.copytree(studies, tmp_path / "studies"))
+    shutil.copyfile(studies / "ct_000.nii.gz", studies / "ct_copy.nii.gz")  # ct_000 once more, under another id
+    server = start_server(studies, device="cpu")
+    scored = _score(server)
+    assert sorted(scored["scored"]) == ["ct_000", "ct_001", "ct_002", "ct_003", "ct_copy"], scored
+    status, ds = server.request("GET", "/datastore/?output=all")
+    infos = {i: o["image"]["info"]["lymph_node_uncertainty"] for i, o in ds["objects"].items()}
+    for score in infos.values():
+        assert len(score["embedding"]) == 64 and 0.0 <= score["p_doubt"] <= 1.0, "the demo classifier's 64 features"
+    assert infos["ct_copy"]["embedding"] == infos["ct_000"]["embedding"]
+
+    client = MONAILabelClient(server.url)
+    served = [client.next_sample("badge", {}) for _ in infos]
+    assert [s["batch"] for s in served] == list(range(len(infos))), "each served case joins the batch"
+    order = [s["id"] for s in served]
+    assert sorted(order) == sorted(infos), "every case once"
+    # the first of a batch is the case with the longest gradient: the most doubtful in the embedding's units
+    assert served[0]["score"] == max(s["score"] for s in served) > 0
+    assert order[-1] in {"ct_000", "ct_copy"}, "a copy of a case in review comes after every other case"

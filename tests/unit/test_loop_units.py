@@ -20,7 +20,7 @@ from lib.scoring.appearance import (
     nearest_distances,
     novelty,
 )
-from lib.scoring.uncertainty import SCORE_KEY, binary_entropy, detection_disagreement, mirror_nodes
+from lib.scoring.uncertainty import SCORE_KEY, detection_disagreement, mirror_nodes
 from lib.trainers.handlers import PublishBestModel
 from lnnode.corrections import review_stats, summarise_reviews
 from lnnode.geometry import ImageGeometry
@@ -128,8 +128,6 @@ def test_new_model_is_published_only_if_not_worse_than_the_served_one(tmp_path, 
 
 
 def test_uncertainty_parts():
-    assert binary_entropy(np.array([0.5]))[0] == pytest.approx(1.0)
-    assert binary_entropy(np.array([0.0, 1.0])) == pytest.approx([0.0, 0.0], abs=1e-5)
     a = [{"center": [0, 0, 0], "size": [10, 10, 10], "detection_score": 0.8}]
     assert detection_disagreement(a, [dict(a[0], center=[1, 0, 0])]) == 0.0
     assert detection_disagreement(a, []) == 1.0
@@ -246,3 +244,33 @@ def test_nearest_distances_match_the_pairwise_distance():
     assert nearest == pytest.approx(brute, abs=1e-9)
     assert nearest_distances(looks[:3], looks[:3]) == pytest.approx([0.0] * 3, abs=1e-6)
     assert np.isinf(nearest_distances(looks[:3], np.zeros((0, 2, 16)))).all()
+
+
+def test_badge_falls_back_to_uncertainty_and_counts_only_the_current_models_batch():
+    from lib.activelearning import Badge
+
+    now = time.time()
+    old, new = {"lymph_node_detection": "d@1"}, {"lymph_node_detection": "d@2"}
+
+    def info(score, embedding=None, p=0.5, models=new, ts=now - 100, served=0.0):
+        entry = {"score": score, "models": models, "ts": ts}
+        if embedding is not None:
+            entry.update(embedding=embedding, p_doubt=p)
+        return {SCORE_KEY: entry, SERVED_KEY: served}
+
+    badge = Badge(seed=0)
+    # no embeddings anywhere (no classifier weights, no nodes): the uncertain ranking
+    best, said = badge.pick({"a": info(0.2), "b": info(0.9)}, {}, now)
+    assert best == "b" and said["uncertainty"] == 0.9
+    # the most doubtful case opens a batch: p near 0.5 and an embedding far from the mean
+    pool = {"sure": info(0.1, [0.0, 0.0], p=0.98), "doubt": info(1.0, [3.0, 1.0], p=0.5), "mid": info(0.5, [1, 2], 0.7)}
+    best, said = badge.pick(pool, {}, now)
+    assert best == "doubt" and said["batch"] == 0
+    # a case read since the scores is in the batch; one scored by older models or read before is not
+    labelled = {
+        "read": info(1.0, [3.0, 1.0], p=0.5, served=now - 50),  # a copy of "doubt": doubt is then never chosen
+        "before": info(1.0, [1.0, 2.0], p=0.7, served=now - 500),
+        "older": info(1.0, [1.0, 2.0], p=0.7, models=old, ts=now - 1000, served=now - 50),
+    }
+    picks = {badge.pick(pool, labelled, now)[0] for _ in range(20)}
+    assert "doubt" not in picks and badge.pick(pool, labelled, now)[1]["batch"] == 1

@@ -39,6 +39,7 @@ __all__ = [
     "NodeClassifier2dCompact",
     "build_classifier_network",
     "predict_logits",
+    "predict_embeddings",
     "grad_cam",
     "FLIPS",
     "FLIPS_2D",
@@ -335,7 +336,6 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 
 FLIPS_2D: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))  # of (N, C, X, Y) crops
 
 
-@torch.no_grad()
 def predict_logits(
     network: nn.Module,
     crops: torch.Tensor | Any,
@@ -350,6 +350,23 @@ def predict_logits(
     The spread over the flips is the node's uncertainty; flips are cheap (no resampling) and keep
     the crop's physical geometry, unlike rotations on an anisotropic source image.
     """
+    return _predict(network, crops, tta, device, batch_size, amp, embed=False)[0]
+
+
+def predict_embeddings(
+    network: nn.Module,
+    crops: torch.Tensor | Any,
+    tta: int = 8,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, tta) as :func:`predict_logits`, and each crop's embedding (N, D): what the network's last linear
+    layer reads (the pooled features), averaged over the flips. Active learning compares cases by it."""
+    return _predict(network, crops, tta, device, batch_size, amp=False, embed=True)
+
+
+@torch.no_grad()
+def _predict(network, crops, tta, device, batch_size, amp, embed) -> tuple[torch.Tensor, torch.Tensor | None]:
     crops = torch.as_tensor(crops, dtype=torch.float32)
     if crops.ndim == 5 and crops.shape[-1] == 1:
         crops = crops[..., 0]  # 2D crops of a one-slice volume: flipping the single slice would count twice
@@ -359,14 +376,29 @@ def predict_logits(
     network.eval()
     out = torch.empty((crops.shape[0], tta), dtype=torch.float32)
     use_amp = amp and device.type == "cuda"
-    for start in range(0, crops.shape[0], batch_size):
-        batch = crops[start : start + batch_size].to(device)
-        with torch.autocast("cuda", enabled=use_amp):
-            for t, dims in enumerate(flips[:tta]):
-                out[start : start + batch.shape[0], t] = (
-                    network(torch.flip(batch, dims) if dims else batch).float().cpu()
-                )
-    return out
+    seen: list[torch.Tensor] = []
+    hook = None
+    if embed:
+        last = [m for m in network.modules() if isinstance(m, nn.Linear)][-1]
+        hook = last.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().float().cpu()))
+    try:
+        for start in range(0, crops.shape[0], batch_size):
+            batch = crops[start : start + batch_size].to(device)
+            with torch.autocast("cuda", enabled=use_amp):
+                for t, dims in enumerate(flips[:tta]):
+                    out[start : start + batch.shape[0], t] = (
+                        network(torch.flip(batch, dims) if dims else batch).float().cpu()
+                    )
+    finally:
+        if hook is not None:
+            hook.remove()
+    if not embed:
+        return out, None
+    if not seen:
+        return out, torch.zeros((0, 0))
+    # per batch, tta blocks of that batch's crops, in flip order
+    per_batch = [torch.stack(seen[i : i + tta]).mean(0) for i in range(0, len(seen), tta)]
+    return out, torch.cat(per_batch)
 
 
 def grad_cam(network: nn.Module, crops: torch.Tensor | Any, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -32,7 +32,16 @@ from ..scoring.appearance import nearest_distances
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_NOVELTY_WEIGHT", "IN_REVIEW_SECONDS", "SERVED_KEY", "Uncertain", "novelties", "rank_key"]
+__all__ = [
+    "DEFAULT_NOVELTY_WEIGHT",
+    "IN_REVIEW_SECONDS",
+    "SERVED_KEY",
+    "Uncertain",
+    "novelties",
+    "rank_key",
+    "served_at",
+    "uncertainty_of",
+]
 
 SERVED_KEY = "lnnode_served_ts"
 IN_REVIEW_SECONDS = 3600.0  # a case served this recently and not labelled yet counts as being reviewed
@@ -56,12 +65,13 @@ def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0, now: float
     """Sort key: not in review before in review, scored before unscored, higher score + ``bonus`` first,
     least recently served, then id."""
     score = uncertainty_of(info)
-    served = _served(info)
+    served = served_at(info)
     in_review = (time.time() if now is None else now) - served < IN_REVIEW_SECONDS
     return (in_review, score is None, -((score or 0.0) + bonus), served, image_id)
 
 
-def _served(info: dict[str, Any]) -> float:
+def served_at(info: dict[str, Any]) -> float:
+    """When the case was last served (0: never)."""
     try:
         return float(info.get(SERVED_KEY) or 0.0)
     except (TypeError, ValueError):
@@ -89,7 +99,7 @@ def novelties(
     ``IN_REVIEW_SECONDS`` (a case being reviewed is itself a reference: its own novelty is 0). A case
     without an appearance, or with nothing comparable (other sequences) to compare to, has novelty 0."""
     now = time.time() if now is None else now
-    in_review = [i for i, info in candidates.items() if now - _served(info) < IN_REVIEW_SECONDS]
+    in_review = [i for i, info in candidates.items() if now - served_at(info) < IN_REVIEW_SECONDS]
     looks = {i: a for i, info in candidates.items() if (a := _appearance(info)) is not None}
     # only appearances made the same way (preprocessing, sequences) are compared
     references: dict[tuple, list[np.ndarray]] = {}
@@ -125,6 +135,22 @@ class Uncertain(Strategy):
         except Exception:  # no model weights yet: one sequence per case
             return ()
 
+    def pick(
+        self, candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float
+    ) -> tuple[str, dict[str, Any]]:
+        """The case to serve of ``candidates`` (unlabelled cases, with their info), and what the answer says of it."""
+        novel = dict.fromkeys(candidates, 0.0)
+        if self.novelty_weight:
+            novel = novelties(candidates, labelled, now)
+        best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i], now))
+        uncertainty = uncertainty_of(candidates[best])
+        priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
+        return best, {"score": priority, "uncertainty": uncertainty, "novelty": round(novel[best], 4)}
+
+    def reads_labelled(self) -> bool:
+        """Whether :meth:`pick` looks at the labelled cases (a PACS is not asked for their info otherwise)."""
+        return bool(self.novelty_weight)
+
     def __call__(self, request, datastore: Datastore):
         suffixes = self._suffixes()
         chosen: dict[str, Any] = {}
@@ -136,14 +162,8 @@ class Uncertain(Strategy):
             candidates = {i: info for i, info in unlabelled.items() if case(i)}
             if not candidates:
                 return None
-            now = time.time()
-            novel = dict.fromkeys(candidates, 0.0)
-            if self.novelty_weight:
-                novel = novelties(candidates, {i: info for i, info in labelled.items() if case(i)}, now)
-            best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i], now))
-            uncertainty = uncertainty_of(candidates[best])
-            priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
-            chosen.update(score=priority, uncertainty=uncertainty, novelty=round(novel[best], 4))
+            best, said = self.pick(candidates, {i: info for i, info in labelled.items() if case(i)}, time.time())
+            chosen.update(said)
             return best
 
         if hasattr(datastore, "claim_image"):
@@ -151,11 +171,10 @@ class Uncertain(Strategy):
         else:  # a datastore without lnnode's claim (e.g. DICOMweb): rank, no served stamp
             final = DefaultLabelTag.FINAL.value
             unlabelled = {i: datastore.get_image_info(i) for i in datastore.get_unlabeled_images(final)}
-            # the labelled cases matter only to novelty: a PACS is not asked for their info otherwise
-            labelled_ids = datastore.get_labeled_images(final) if self.novelty_weight else []
+            labelled_ids = datastore.get_labeled_images(final) if self.reads_labelled() else []
             labelled = {i: datastore.get_image_info(i) for i in labelled_ids}
             image_id = choose(unlabelled, labelled)
         if image_id is None:
             return {}
-        logger.info(f"uncertain: serving {image_id} ({chosen})")
+        logger.info(f"{type(self).__name__.lower()}: serving {image_id} ({chosen})")
         return {"id": image_id, **chosen}

@@ -203,13 +203,19 @@ class CheckpointInferTask(BasicInferTask):
         """The result document for ``request`` without writing a markups file: how the pipeline and the
         scoring method call a stage. ``volume`` (C, i, j, k) with its ``geometry``: an image already
         loaded, used as it is instead of ``request["image"]``."""
+        return self.run_for(request, volume, geometry)[RESULT]
+
+    def run_for(
+        self, request: dict[str, Any], volume: np.ndarray | None = None, geometry: ImageGeometry | None = None
+    ) -> dict[str, Any]:
+        """As :meth:`result_for`, but every data key the run left (the result under ``RESULT``)."""
         stage = {**request, SKIP_WRITER: True}
         if volume is not None:
             if geometry is None:
                 raise ValueError("a loaded volume needs its geometry")
             stage.update({IMAGE: volume, IMAGE_GEOMETRY: geometry})
         _, data = self(stage)
-        return data[RESULT]
+        return data
 
     @staticmethod
     def _finish_result(result: dict) -> dict:

@@ -4,7 +4,9 @@ Request: ``image`` and ``nodes`` (a list of ``{"center", "size"}`` in world LPS 
 an ``id``; the nodes of a detection result can be sent back as they are). Each node is cropped on a
 world-aligned isotropic grid around its centre, classified under flips of the crop (test-time
 augmentation), and the logits are divided by the temperature fitted on the validation set at
-training. ``p_metastasis`` is the mean probability over the flips, ``uncertainty`` their spread.
+training. ``p_metastasis`` is the mean probability over the flips, ``uncertainty`` their spread. With
+``embeddings: true`` (an in-process caller: :meth:`run_for`) the data also hold ``EMBEDDINGS`` (N, D): what the
+network's last layer reads per node, mean over the flips, which active learning compares cases by.
 
 ``lymph_node_classification_2d`` is the same task on 2D images: crops in the image's plane, left-right flips
 only by default (an ultrasound image's depth axis has a direction: shadows fall below a lesion). Its
@@ -30,14 +32,32 @@ from lnnode.io.checkpoint import Checkpoint
 from lnnode.io.image import write_image
 from lnnode.measure.features import shape_features
 from lnnode.metrics.classification import fused_logits
-from lnnode.networks.classifier import ClassifierSpec, build_classifier_network, grad_cam, predict_logits
+from lnnode.networks.classifier import (
+    ClassifierSpec,
+    build_classifier_network,
+    grad_cam,
+    predict_embeddings,
+    predict_logits,
+)
 from lnnode.transforms import LoadVolumed, NormalizeIntensityd
 from lnnode.transforms.crops import NodeCropsd, crop_geometry
 
 from ..server.errors import Unprocessable
 from .base import CheckImageKindd, CheckpointInferTask
 from .detection import model_version
-from .keys import IMAGE, IMAGE_GEOMETRY, IMAGE_ID, LOGITS, NODES, P_METASTASIS, RESULT, SALIENCY, SHAPE, UNCERTAINTY
+from .keys import (
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_GEOMETRY,
+    IMAGE_ID,
+    LOGITS,
+    NODES,
+    P_METASTASIS,
+    RESULT,
+    SALIENCY,
+    SHAPE,
+    UNCERTAINTY,
+)
 from .writer import ResultWriter, make_result
 
 __all__ = ["NodeClassification", "CheckNodesd", "ClassificationToResultd", "probabilities", "saliency_data_uri"]
@@ -202,13 +222,13 @@ class NodeClassification(CheckpointInferTask):
         ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        logits = predict_logits(
-            self._get_network(device, data),
-            data[IMAGE],
-            tta=min(int(data.get("tta") or 2), 2) if self.planar else int(data.get("tta") or 8),
-            device=device,
-            amp=_truthy(data.get("amp"), True),
-        )
+        network = self._get_network(device, data)
+        tta = min(int(data.get("tta") or 2), 2) if self.planar else int(data.get("tta") or 8)
+        if _truthy(data.get("embeddings"), False):
+            logits, embeddings = predict_embeddings(network, data[IMAGE], tta=tta, device=device)
+            data[EMBEDDINGS] = embeddings.numpy()
+        else:
+            logits = predict_logits(network, data[IMAGE], tta=tta, device=device, amp=_truthy(data.get("amp"), True))
         fusion = self.fusion()
         if fusion is not None:
             logits = torch.from_numpy(fused_logits(fusion, logits.numpy(), data[SHAPE]).astype(np.float32))

@@ -18,3 +18,4 @@ LOGITS = "logits"  # the classifier's logits per node and flip (N, TTA)
 P_METASTASIS, UNCERTAINTY = "p_metastasis", "uncertainty"  # calibrated mean and spread over the flips, per node
 SALIENCY = "saliency_maps"  # Grad-CAM maps per node, as NIfTI data URIs
 SHAPE = "shape_features"  # the nodes' measured shape (N, F) the classifier's fusion reads (lnnode.measure.features)
+EMBEDDINGS = "embeddings"  # the classifier's pooled features per node (N, D), when the request asks (active learning)

@@ -56,7 +56,10 @@ def appearance(image: np.ndarray) -> np.ndarray:
         body = channel > BODY_THRESHOLD
         if not body.any():
             body = np.ones_like(body)
-        gradient = np.sqrt(sum(np.square(g) for g in np.gradient(channel)))
+        axes = [a for a in range(channel.ndim) if channel.shape[a] > 1]  # a 2D image is a one-slice volume
+        parts = np.gradient(channel, axis=axes) if axes else [np.zeros_like(channel)]
+        parts = [parts] if len(axes) == 1 else parts  # numpy returns one array for one axis
+        gradient = np.sqrt(sum(np.square(g) for g in parts))
         rows.append(_root_histogram(channel[body], (BODY_THRESHOLD, 1.0)))
         rows.append(_root_histogram(gradient[body], GRADIENT_RANGE))
     return np.stack(rows)

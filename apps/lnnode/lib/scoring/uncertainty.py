@@ -38,9 +38,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lnnode.geometry import ImageGeometry
 from lnnode.io.image import is_planar, read_geometry
+from lnnode.selection import binary_entropy
 from lnnode.transforms import LoadVolumed
 
-from ..infers.keys import IMAGE, IMAGE_GEOMETRY
+from ..infers.keys import EMBEDDINGS, IMAGE, IMAGE_GEOMETRY, NODES
 from ..server.errors import ModelNotReady
 from ..trainers.datalist import companion_ids
 from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
@@ -49,20 +50,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "NodeUncertaintyScoring",
+    "case_embedding",
     "SCORE_KEY",
     "ScoringPlan",
-    "binary_entropy",
     "detection_disagreement",
     "mirror_nodes",
 ]
 
 SCORE_KEY = "lymph_node_uncertainty"
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in bits of a Bernoulli(p): 0 at p = 0 or 1, 1 at p = 0.5."""
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
 def mirror_nodes(nodes: list[dict[str, Any]], geometry: ImageGeometry, axis: int = 0) -> list[dict[str, Any]]:
@@ -97,6 +92,18 @@ def detection_disagreement(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> 
             disagreement += abs(node["detection_score"] - b[best]["detection_score"])
     disagreement += sum(b[j]["detection_score"] for j in unmatched_b)
     return float(min(disagreement / total, 1.0))
+
+
+def case_embedding(embeddings: np.ndarray | None, probs: list[float], weights: np.ndarray) -> dict[str, Any]:
+    """What the batch strategies compare cases by: ``embedding``, the classifier's node ``embeddings`` (N, D)
+    averaged with the detection scores as weights, and ``p_doubt``, the probability of the node the classifier
+    is least sure of. ``{}`` without classified nodes."""
+    if embeddings is None or not len(embeddings) or len(embeddings) != len(probs):
+        return {}
+    w = weights if weights.sum() > 0 else np.ones(len(probs))
+    mean = np.average(np.asarray(embeddings, dtype=float), axis=0, weights=w)
+    doubt = float(np.asarray(probs)[int(np.argmax(binary_entropy(np.asarray(probs))))])
+    return {"embedding": [round(float(v), 3) for v in mean], "p_doubt": round(doubt, 4)}
 
 
 @dataclass
@@ -168,6 +175,7 @@ class NodeUncertaintyScoring(ScoringMethod):
             geometry: ImageGeometry = loaded[IMAGE_GEOMETRY]
             mirrored = np.ascontiguousarray(np.flip(np.asarray(loaded[IMAGE]), axis=1))  # index axis 0
             detected = pipeline.detection.result_for(request, mirrored, geometry)
+        embeddings = self._embeddings(pipeline, request, nodes, loaded[IMAGE], geometry)
         again = mirror_nodes(detected["nodes"], geometry, axis=0)
         probs = [n["p_metastasis"] if "p_metastasis" in n else n["detection_score"] for n in nodes]
         entropy = binary_entropy(np.asarray(probs)) if probs else np.zeros(0)
@@ -181,8 +189,17 @@ class NodeUncertaintyScoring(ScoringMethod):
             "max_entropy": round(max_h, 4),
             "detection_disagreement": round(disagreement, 4),
             "n_nodes": len(nodes),
+            **case_embedding(embeddings, probs, weights),
             "seconds": round(time.perf_counter() - begin, 2),
         }
+
+    @staticmethod
+    def _embeddings(pipeline: Any, request: dict[str, Any], nodes: list[dict], volume, geometry) -> np.ndarray | None:
+        """The classifier's embedding of each node (N, D); None without nodes or classifier weights."""
+        if not nodes or pipeline.classification is None or "p_metastasis" not in nodes[0]:
+            return None
+        query = {**request, NODES: [{"center": n["center"], "size": n["size"]} for n in nodes], "embeddings": True}
+        return pipeline.classification.run_for(query, volume, geometry).get(EMBEDDINGS)
 
     def plan(self, request, datastore: Datastore) -> ScoringPlan:
         """What a run for ``request`` has to score (see :class:`ScoringPlan`); reads no image beyond its header."""
