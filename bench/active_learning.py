@@ -191,8 +191,7 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
     if arm.exists():
         shutil.rmtree(arm)
     shutil.copytree(seed_dir, arm)
-    conf = {"al_novelty_weight": str(args.novelty_weight)}
-    server = Server(arm / "studies", arm / "models", arm / "server.log", conf)
+    server = Server(arm / "studies", arm / "models", arm / "server.log")
     client = MONAILabelClient(server.url)
     n_seed = len(list((arm / "studies" / "labels" / "final").glob("*.json")))
     history = [{"round": 0, "n_corrected": 0, "n_labelled": n_seed, **evaluate(arm / "models", heldout, arm / "eval0")}]
@@ -215,7 +214,7 @@ def run_arm(strategy: str, out: Path, truth: Path, heldout: Path, seed_dir: Path
                 path.parent.mkdir(exist_ok=True)
                 path.write_text(json.dumps(label))
                 answer = client.save_label(image_id, str(path), tag="final")
-                ranked = {k: served[k] for k in ("uncertainty", "novelty") if k in served}
+                ranked = {k: served[k] for k in ("uncertainty",) if k in served}
                 corrections.append({"image": image_id, **answer.get("review", {}), **ranked})
             # a quarter of the corrected cases validate: the best epoch, and the detector's served score
             # threshold (the most sensitive point with <= 1 false positive per volume) come from them
@@ -242,9 +241,9 @@ SAME_RUN = ("pool", "test", "seed_cases", "k", "rounds", "seed_det_epochs", "see
             "cls_epochs", "val_split", "real_share", "seed")  # fmt: skip
 
 
-def kept_arms(path: Path, args) -> tuple[dict, list[str], dict]:
-    """The arms of an earlier report in this folder that this run does not repeat, their names and their
-    settings (after checking that the earlier run had the same data and loop settings)."""
+def kept_arms(path: Path, args) -> tuple[dict, list[str]]:
+    """The arms of an earlier report in this folder that this run does not repeat, and their names (after
+    checking that the earlier run had the same data and loop settings)."""
     if not path.exists():
         raise SystemExit(f"--keep-arms: no earlier report {path}")
     earlier = json.loads(path.read_text())
@@ -253,10 +252,7 @@ def kept_arms(path: Path, args) -> tuple[dict, list[str], dict]:
     if differ:
         raise SystemExit(f"--keep-arms: the earlier run differs in {differ}")
     arms = {a: h for a, h in earlier["arms"].items() if a not in args.strategies}
-    # reports from before the novelty term ranked by uncertainty alone
-    weight = earlier["settings"].get("novelty_weight", 0.0)
-    settings = {a: earlier.get("arm_settings", {}).get(a, {"novelty_weight": weight}) for a in arms}
-    return arms, sorted(arms), settings
+    return arms, sorted(arms)
 
 
 def cases_to_reach(history: list[dict], target: dict) -> dict:
@@ -379,8 +375,6 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=3030, help="phantom seed (pool; held-out and real: +1, +2, +3)")
     parser.add_argument("--strategies", nargs="+", default=["uncertain", "random"])
-    parser.add_argument("--novelty-weight", type=float, default=0.0,
-                        help="server --conf al_novelty_weight (0: uncertainty only; <0: familiar first)")  # fmt: skip
     parser.add_argument("--keep-arms", action="store_true",
                         help="keep the arms of --out's earlier report that --strategies does not run")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny run: 10-case pool, 2 rounds of 2 cases")
@@ -400,7 +394,7 @@ def main() -> int:
         args.det_epochs, args.cls_epochs, args.seed_det_epochs, args.seed_cls_epochs = 1, 2, 2, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    kept, kept_names, kept_settings = kept_arms(out / "active_learning.json", args) if args.keep_arms else ({}, [], {})
+    kept, kept_names = kept_arms(out / "active_learning.json", args) if args.keep_arms else ({}, [])
     truth, heldout, seed_studies = make_data(out, args.pool, args.test, args.seed_cases, args.real_share, args.seed)
     train_seed_models(seed_studies, out / "seed" / "models", args.seed_det_epochs, args.seed_cls_epochs)
     report = {
@@ -413,11 +407,9 @@ def main() -> int:
         "hit_criterion": "IoU >= 0.1 (detection CPM and the simulated reader's matching)",
         "arms": kept,
         "kept_arms": kept_names,
-        "arm_settings": {a: s for a, s in kept_settings.items() if a in kept_names},
     }
     for strategy in args.strategies:
         report["arms"][strategy] = run_arm(strategy, out, truth, heldout, out / "seed", args)
-        report["arm_settings"][strategy] = {"novelty_weight": args.novelty_weight}
         (out / "active_learning.json").write_text(json.dumps(report, indent=2, default=float))
     if {"uncertain", "random"} <= set(report["arms"]):
         report["goal"] = goal(report["arms"]["uncertain"], report["arms"]["random"])

@@ -17,7 +17,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib.activelearning import Badge, Uncertain
+from lib.activelearning import DEFAULT_STRATEGY, Badge, Uncertain
 from lib.configs import PIPELINE_2D_OPTIONS, PIPELINE_OPTIONS, infer_config, init_task_configs
 from lib.datastore import DicomwebDatastore, LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
@@ -85,19 +85,20 @@ class LymphNodeApp(MONAILabelApp):
         return self._from_configs("trainer", {})
 
     def init_strategies(self):
-        strategies = {"random": Random(), "first": First()}
+        strategies = {}
         if PIPELINE in self._infers or PIPELINE_2D in self._infers:
             suffixes = self._infers[PIPELINE].channel_suffixes if PIPELINE in self._infers else list
-            strategies["uncertain"] = Uncertain(suffixes, self.options.novelty_weight)
-            strategies["badge"] = Badge(suffixes)
+            strategies = {DEFAULT_STRATEGY: Badge(suffixes), "uncertain": Uncertain(suffixes)}
+        # the default first: a viewer that preselects the first strategy listed (/info) preselects it
+        strategies.update(random=Random(), first=First())
         return self._from_configs("strategy", strategies)
 
     def init_scoring_methods(self):
         methods = {}
         if PIPELINE in self._infers or PIPELINE_2D in self._infers:
-            describe = self.options.novelty_weight != 0  # appearances are only needed when ranking by novelty
+            modalities = {False: self.conf.get("modality", "ct"), True: self.conf.get("modality_2d", "us")}
             methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(
-                self._infers.get(PIPELINE), describe=describe, planar_pipeline=self._infers.get(PIPELINE_2D)
+                self._infers.get(PIPELINE), self._infers.get(PIPELINE_2D), modalities
             )
         return self._from_configs("scoring_method", methods)
 

@@ -20,7 +20,7 @@ import qt
 import slicer
 import vtk
 from LymphNodeReviewLib import LymphNodeServer, ReviewSession, ServerError
-from LymphNodeReviewLib.client import describe_server, models_for
+from LymphNodeReviewLib.client import DEFAULT_STRATEGY, describe_server, models_for
 from LymphNodeReviewLib.review import TABLE_COLUMNS, TABLE_HEADERS, box_lps_to_ras, box_ras_to_lps
 from LymphNodeReviewLib.saliency import write_saliency_maps
 from LymphNodeReviewLib.scene import read_review, review_rois, show_review
@@ -87,12 +87,12 @@ class LymphNodeReviewLogic(ScriptedLoadableModuleLogic):
         return self.server
 
     # cases
-    def load_next_case(self, strategy: str = "uncertain") -> str | None:
+    def load_next_case(self, strategy: str = DEFAULT_STRATEGY) -> str | None:
         """Ask the strategy for a case and load it (all its sequences); None when none is left."""
         fetched = self.fetch_next_case(strategy)
         return self.load_fetched(*fetched) if fetched else None
 
-    def fetch_next_case(self, strategy: str = "uncertain") -> tuple[str, list[str]] | None:
+    def fetch_next_case(self, strategy: str = DEFAULT_STRATEGY) -> tuple[str, list[str]] | None:
         """The next case's id and local files (the image, then its other sequences ``<id><suffix>``).
         Network only, no scene: safe to run off the GUI thread."""
         server = self._require_server()
@@ -339,12 +339,12 @@ class LymphNodeReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.strategyCombo.clear()
             for name in sorted(info.get("strategies", {})):
                 self.ui.strategyCombo.addItem(name)
-            self.ui.strategyCombo.currentText = "uncertain"
+            self.ui.strategyCombo.currentText = DEFAULT_STRATEGY
 
         self._start("connecting", lambda: self.logic.connect(url), done)
 
     def onNextCase(self):
-        strategy = self.ui.strategyCombo.currentText or "uncertain"
+        strategy = self.ui.strategyCombo.currentText or DEFAULT_STRATEGY
         if self.logic.server is None:
             self._say("connect first")
             return

@@ -410,8 +410,8 @@ class ScoreRunner:
         scoring = app_module("scoring")
         config = {"device": device, "logging": "INFO" if verbose else "ERROR"}  # as infer_files: quiet unless asked
         volume, planar = (build_pipeline(model_dir, demo_dir, config, planar=p) for p in (False, True))
-        # appearances (novelty ranking) are the server's to add: they compare a case with the labelled ones
-        self.scoring = scoring.NodeUncertaintyScoring(volume, describe=False, planar_pipeline=planar)
+        # a worker scores cases only; appearances (the cold start) are the server's to add
+        self.scoring = scoring.NodeUncertaintyScoring(volume, planar)
 
     def run(self, image_id: str, planar: bool, image: str | list[str], device: str, models: dict) -> dict | str:
         """The image's score info, as the server stores it, or why it has none."""

@@ -9,8 +9,8 @@ returns the indices of K unlabelled cases, in the order chosen (the first is the
 * :func:`badge` — BADGE (Ash et al. 2020): k-means++ seeding on the gradient embedding of the classifier's
   last layer, ``(p - round(p)) * [h, 1]``, so that a case is likelier the less sure the model is (the
   embedding's length) and the more unlike the cases already picked (its direction);
-* :func:`representative` — for a cold start (no model yet): k-means of the model-free descriptors into K
-  clusters, per cluster the case nearest its centre (typical cases first, not outliers).
+* :func:`representative` — for a cold start (no model yet): typical cases of the kinds not read yet, by k-means
+  of model-free descriptors (not outliers).
 
 Embeddings are compared by Euclidean distance after each column is standardised over the pool.
 """
@@ -109,32 +109,51 @@ def badge(
     return chosen
 
 
-def representative(descriptors: np.ndarray, labelled: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
-    """K typical unlabelled cases: k-means (K clusters, k-means++ start, 20 Lloyd steps) over the unlabelled
-    cases' descriptors; per cluster the case nearest its centre, larger clusters first."""
-    x = _standardised(descriptors)
-    free = _unlabelled(labelled, k)
-    k = min(k, len(free))
-    if not k:
-        return []
-    pts = x[free]
-    centres = pts[[int(rng.integers(len(pts)))]]
+MAX_CLUSTERS = 64  # representative(): clusters at most (a cold start past 64 cases read is rare)
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, steps: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (K, D), assignment (N,)): k-means++ start, then ``steps`` Lloyd steps."""
+    centres = x[[int(rng.integers(len(x)))]]
     while len(centres) < k:
-        d2 = np.min(((pts[:, None] - centres[None]) ** 2).sum(-1), axis=1)
-        pick = rng.choice(len(pts), p=d2 / d2.sum()) if d2.sum() > 0 else int(rng.integers(len(pts)))
-        centres = np.vstack([centres, pts[pick]])
-    for _ in range(20):
-        assign = np.argmin(((pts[:, None] - centres[None]) ** 2).sum(-1), axis=1)
-        centres = np.stack([pts[assign == c].mean(0) if (assign == c).any() else centres[c] for c in range(k)])
-    assign = np.argmin(((pts[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        d2 = _squared_distances(x, centres).min(axis=1)
+        pick = rng.choice(len(x), p=d2 / d2.sum()) if d2.sum() > 0 else int(rng.integers(len(x)))
+        centres = np.vstack([centres, x[pick]])
+    for _ in range(steps):
+        assign = np.argmin(_squared_distances(x, centres), axis=1)
+        centres = np.stack([x[assign == c].mean(0) if (assign == c).any() else centres[c] for c in range(k)])
+    return centres, np.argmin(_squared_distances(x, centres), axis=1)
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.clip((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0, None)
+
+
+def representative(descriptors: np.ndarray, labelled: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """K typical cases, one at a time (for a cold start: no model yet). Each pick clusters the whole pool
+    (k-means of the standardised descriptors) into one cluster more than there are labelled and picked cases,
+    and takes, of the largest cluster that holds none of them, the case nearest its centre: typical cases of
+    the kinds not read yet, not outliers. The clustering is seeded by ``seed`` and the number of cases taken, so
+    one case per call, with the cases read and in review as ``labelled``, gives the same sequence as one call
+    for K. With ``MAX_CLUSTERS`` or more cases taken, each pick is the free case farthest from every taken one."""
+    x = _standardised(descriptors)
+    taken = np.asarray(labelled, dtype=bool).copy()
+    free = _unlabelled(taken, k)
     chosen: list[int] = []
-    for c in np.argsort(-np.bincount(assign, minlength=k), kind="stable"):
-        members = np.flatnonzero(assign == c)
-        members = [m for m in members if int(free[m]) not in chosen]
-        if members:
-            best = members[int(np.argmin(np.linalg.norm(pts[members] - centres[c], axis=1)))]
-            chosen.append(int(free[best]))
-    rest = [int(i) for i in free if int(i) not in chosen]  # empty clusters: fill at random
-    while len(chosen) < k:
-        chosen.append(rest.pop(int(rng.integers(len(rest)))))
+    while len(chosen) < min(k, len(free)):
+        n = int(taken.sum())
+        open_clusters = []
+        if n < MAX_CLUSTERS:  # beyond, k-means under a server's lock would take seconds: the farthest case instead
+            centres, assign = _kmeans(x, n + 1, np.random.default_rng([seed, n]))
+            sizes = np.bincount(assign, minlength=len(centres))
+            covered = set(assign[taken].tolist())
+            open_clusters = [c for c in np.argsort(-sizes, kind="stable") if c not in covered and sizes[c]]
+        if open_clusters:
+            members = np.flatnonzero((assign == open_clusters[0]) & ~taken)
+            pick = int(members[np.argmin(np.linalg.norm(x[members] - centres[open_clusters[0]], axis=1))])
+        else:  # every cluster holds a taken case (or too many are taken): the free case farthest from them
+            members = np.flatnonzero(~taken)
+            pick = int(members[np.argmax(_squared_distances(x[members], x[taken]).min(axis=1))])
+        chosen.append(pick)
+        taken[pick] = True
     return chosen

@@ -26,6 +26,7 @@ def test_info_lists_models_before_any_training(server):
     assert info["models"]["lymph_node_detection"]["weights"]["path"] is None
     assert "lymph_node_detection" in info["trainers"]
     assert {"random", "first"} <= set(info["strategies"])
+    assert next(iter(info["strategies"])) == "badge", "the default strategy is listed first (a viewer preselects it)"
     assert info["datastore"]["completed"] >= 1, "the label JSON already in the folder counts as a label"
 
 

@@ -1,7 +1,7 @@
 """The radiologist in the loop, on the real server: the model's result is kept as ``original``, a
 submitted review is compared with it (accepted / relabelled / edited / rejected / added), earlier
 versions stay readable, review statistics are served, and the ``uncertain`` strategy serves the
-unlabelled case the models are least sure about."""
+unlabelled case the models are least sure about (before any model: typical cases of the kinds not read yet)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from lib.activelearning.uncertain import novelties
 from lib.scoring import APPEARANCE_KEY
 from lnnode.contracts import make_label, parse_result
 from lnnode.geometry import ImageGeometry
@@ -111,36 +110,28 @@ def _score(server) -> dict:
 
 
 def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_server, studies, tmp_path):
-    studies = Path(shutil.copytree(studies, tmp_path / "studies"))  # this test adds a case and a label
-    server = start_server(studies, device="cpu", al_novelty_weight="1")
+    studies = Path(shutil.copytree(studies, tmp_path / "studies"))
+    server = start_server(studies, device="cpu")
     scored = _score(server)
     status, ds = server.request("GET", "/datastore/?output=all")
     infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
     unlabelled = sorted(i for i, o in ds["objects"].items() if "final" not in o["labels"])
-    labelled = {i: infos[i] for i in infos if i not in unlabelled}
     assert unlabelled and set(scored["scored"]) | set(scored["skipped"]) == set(unlabelled)
     scores = {i: infos[i]["lymph_node_uncertainty"] for i in unlabelled}
     for s in scores.values():
         assert 0.0 <= s["score"] <= 2.0 and 0.0 <= s["detection_disagreement"] <= 1.0
         assert s["models"]["lymph_node_detection"].startswith("lymph_node_detection")
-    # every case, labelled or not, has its appearance on the detector's grid
-    assert sorted(scored["described"]) == sorted(infos)
-    for info in infos.values():
-        look = info[APPEARANCE_KEY]
-        assert np.shape(look["histograms"]) == (2, 16) and look["preprocessing"]["spacing"] == [1.5, 1.5, 2.0]
+    assert scored["described"] == [], "models in service: no cold start, so no appearances"
 
-    # up to date scores and appearances are not computed again
+    # up to date scores are not computed again
     again = _score(server)
-    assert again["scored"] == [] and sorted(again["skipped"]) == unlabelled and again["described"] == []
+    assert again["scored"] == [] and sorted(again["skipped"]) == unlabelled
 
-    # the most uncertain case, counting novelty against the labelled cases
+    # the most uncertain case
     client = MONAILabelClient(server.url)
-    novel = novelties({i: infos[i] for i in unlabelled}, labelled)
-    top = min(unlabelled, key=lambda i: (-(scores[i]["score"] + novel[i]), i))
+    top = min(unlabelled, key=lambda i: (-scores[i]["score"], i))
     first = client.next_sample("uncertain", {})
-    assert first["id"] == top and first["id"] in unlabelled
-    assert first["uncertainty"] == scores[top]["score"] and first["novelty"] == pytest.approx(novel[top], abs=1e-4)
-    assert first["score"] == pytest.approx(scores[top]["score"] + novel[top], abs=1e-3)
+    assert first["id"] == top and first["uncertainty"] == first["score"] == scores[top]["score"]
 
     # when the scores change, so does the order
     low = min(unlabelled, key=lambda i: scores[i]["score"])
@@ -152,40 +143,34 @@ def test_uncertain_strategy_serves_the_most_uncertain_unlabelled_case(start_serv
     served = [client.next_sample("uncertain", {})["id"] for _ in range(len(unlabelled))]
     assert served[-1] == low and sorted(served) == unlabelled, served
 
-    # at equal uncertainty, a case that looks unlike the labelled ones comes first: here another
-    # scanner calibration (a case's anatomy 150 HU brighter), against one case now labelled
-    reference, rest = unlabelled[0], unlabelled[1:]
-    truth = json.loads((studies / "labels" / "ground_truth" / f"{reference}.json").read_text())
-    assert put_label(server, reference, truth)[0] == 200
-    image = sitk.ReadImage(str(studies / f"{rest[0]}.nii.gz"), sitk.sitkFloat32) + 150.0
-    sitk.WriteImage(image, str(tmp_path / "bright.nii.gz"))
-    body, headers = multipart({}, {"file": ("bright.nii.gz", (tmp_path / "bright.nii.gz").read_bytes())})
-    assert server.request("PUT", "/datastore/?image=ct_bright", body, headers)[0] == 200
-    assert _score(server)["described"] == ["ct_bright"]
-    for image_id in [*rest, "ct_bright"]:
-        _set_info(server, image_id, 0.1, lnnode_served_ts=0)  # nobody is reviewing anything
-    bright = client.next_sample("uncertain", {})
-    assert bright["id"] == "ct_bright" and bright["novelty"] > 0.2, bright  # ids alone would put it last
-    status, ds = server.request("GET", "/datastore/?output=all")
-    infos = {i: o["image"]["info"] for i, o in ds["objects"].items()}
-    others = novelties({i: infos[i] for i in rest}, {reference: infos[reference]})
-    assert bright["novelty"] > max(others.values()), (bright, others)
-
-    # novelty off (the default): uncertainty alone, then the least recently served, then the id; no
-    # appearances computed
-    server.stop()
-    server = start_server(studies, device="cpu")
-    _set_info(server, "ct_bright", lnnode_served_ts=0)
-    answer = MONAILabelClient(server.url).next_sample("uncertain", {})
-    assert answer["id"] == rest[0] and answer["novelty"] == 0.0, answer
-    assert server.request("PUT", "/datastore/?image=ct_bright2", body, headers)[0] == 200
-    scored = _score(server)
-    assert "ct_bright2" in scored["scored"] and scored["described"] == []
-    assert APPEARANCE_KEY not in server.request("GET", "/datastore/image/info?image=ct_bright2")[1]
-
     status, answer = server.request("POST", "/activelearning/no_such_strategy", b"{}",
                                     {"Content-Type": "application/json"})  # fmt: skip
     assert status == 404 and "uncertain" in str(answer)
+
+
+def test_cold_start_serves_typical_cases_of_the_kinds_not_read_yet(start_server, studies, tmp_path):
+    """No model weights: the scoring stores every case's appearance, and ``uncertain`` and ``badge`` serve a
+    typical case of the larger kind, then one of the other kind (here another scanner calibration: anatomy
+    150 HU brighter), where id order would serve two of the same kind."""
+    studies = Path(shutil.copytree(studies, tmp_path / "studies"))
+    shutil.rmtree(studies / "labels" / "final", ignore_errors=True)  # nothing read yet
+    for source, name in (("ct_001", "ct_bright_a"), ("ct_002", "ct_bright_b")):
+        image = sitk.ReadImage(str(studies / f"{source}.nii.gz"), sitk.sitkFloat32) + 150.0
+        sitk.WriteImage(image, str(studies / f"{name}.nii.gz"))
+    server = start_server(studies, device="cpu", demo_weights="false")
+    scored = _score(server)
+    cases = ["ct_000", "ct_001", "ct_002", "ct_003", "ct_bright_a", "ct_bright_b"]
+    assert "no detector weights" in scored["reason"] and sorted(scored["described"]) == cases
+    info = server.request("GET", "/datastore/image/info?image=ct_bright_a")[1]
+    look = info[APPEARANCE_KEY]
+    assert np.shape(look["histograms"]) == (2, 16) and look["preprocessing"]["modality"] == "ct"
+    assert _score(server)["described"] == [], "an appearance is computed once"
+
+    client = MONAILabelClient(server.url)
+    first = client.next_sample("uncertain", {})
+    second = client.next_sample("badge", {})
+    assert first["cold_start"] and second["cold_start"], (first, second)
+    assert not first["id"].startswith("ct_bright") and second["id"].startswith("ct_bright"), (first, second)
 
 
 def test_a_submitted_correction_trains_a_model_that_the_next_infer_uses(start_server, tmp_path):

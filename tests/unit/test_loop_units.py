@@ -12,14 +12,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, novelties, rank_key
-from lib.scoring.appearance import (
-    APPEARANCE_KEY,
-    appearance,
-    appearance_distance,
-    nearest_distances,
-    novelty,
-)
+from lib.activelearning.uncertain import IN_REVIEW_SECONDS, SERVED_KEY, Uncertain, cold_start, rank_key
+from lib.scoring.appearance import APPEARANCE_KEY, appearance, appearance_distance
 from lib.scoring.uncertainty import SCORE_KEY, detection_disagreement, mirror_nodes
 from lib.trainers.handlers import PublishBestModel
 from lnnode.corrections import review_stats, summarise_reviews
@@ -181,69 +175,52 @@ def test_appearance_tells_kinds_of_case_apart_and_a_case_from_itself():
     assert appearance_distance(a, appearance(fatty)) == appearance_distance(appearance(fatty), a) <= 1.0
     two_channels = appearance(np.concatenate([soft, fatty]))
     assert two_channels.shape == (4, 16) and appearance_distance(a, two_channels) is None
-    assert novelty(a, [two_channels]) == 0.0  # nothing comparable: no novelty
-    assert novelty(appearance(fatty), [a, appearance(soft2), appearance(fatty)]) == 0.0
     with pytest.raises(ValueError, match="C, X, Y, Z"):
         appearance(soft[0])
 
 
-def test_novelty_counts_labelled_cases_and_cases_in_review_as_references():
-    kinds = ((0, 0.5, 0.02), (1, 0.2, 0.02), (2, 0.5, 0.1), (3, 0.8, 0.02))  # seed, mean, noise
-    soft, fatty, noisy, bright = (appearance(_tissue(*kind)).tolist() for kind in kinds)
+def test_cold_start_serves_a_typical_case_of_a_kind_not_read_and_ranking_by_score_after():
     now = 1e6
-    ct = {"version": 1, "spacing": [1.5, 1.5, 2.0]}
+    us = {"version": 2, "modality": "us"}
 
-    def look(histograms, preprocessing=ct) -> dict:
+    def look(seed: int, mean: float, noise: float, preprocessing=us) -> dict:
+        histograms = appearance(_tissue(seed, mean, noise)).tolist()
         return {APPEARANCE_KEY: {"histograms": histograms, "preprocessing": preprocessing}}
 
-    labelled = {"l1": look(soft)}
-    candidates = {
-        "like_labelled": look(soft),
-        "fatty": look(fatty),
-        "noisy_in_review": {**look(noisy), SERVED_KEY: now - 60},
-        "bright_served_long_ago": {**look(bright), SERVED_KEY: now - 2 * IN_REVIEW_SECONDS},
-        "noisy_other_grid": look(noisy, {**ct, "spacing": [1.0, 1.0, 1.0]}),
-        "undescribed": {},
-    }
-    n = novelties(candidates, labelled, now)
-    assert n["like_labelled"] == 0.0 and n["undescribed"] == 0.0
-    assert n["noisy_in_review"] == 0.0, "a case being reviewed is its own reference"
-    assert n["fatty"] == pytest.approx(appearance_distance(fatty, soft)) and n["fatty"] > 0.3
-    assert n["bright_served_long_ago"] > 0.3, "served more than an hour ago: no longer a reference"
-    assert n["noisy_other_grid"] == 0.0, "made with another preprocessing: nothing comparable"
-    alone = novelties(candidates, {}, now)  # only the case in review to compare with
-    assert alone["fatty"] == pytest.approx(appearance_distance(fatty, noisy))
+    soft = {f"soft{i}": look(i, 0.5, 0.02) for i in range(6)}
+    fatty = {f"fatty{i}": look(10 + i, 0.2, 0.02) for i in range(4)}
+    bright = {f"bright{i}": look(20 + i, 0.8, 0.02) for i in range(3)}
+    candidates = {**soft, **fatty, **bright, "outlier": look(30, 0.5, 0.2), "undescribed": {}}
+    first = cold_start(candidates, {}, now)
+    assert first.startswith("soft"), "the largest kind first, a typical case of it"
+    # a kind read (labelled) or in review is not served again while another kind is unread
+    labelled = {i: candidates.pop(i) for i in list(soft)[:2]}
+    candidates["fatty0"] = {**candidates["fatty0"], SERVED_KEY: now - 60}  # in review
+    assert cold_start(candidates, labelled, now).startswith("bright")
+    candidates["fatty0"][SERVED_KEY] = now - 2 * IN_REVIEW_SECONDS  # served long ago, never read: free again
+    assert cold_start(candidates, labelled, now).startswith("fatty")
+    candidates["fatty0"][SERVED_KEY] = now - 60
+    # what the strategy answers: the typical case, not the id order; an odd appearance is no appearance
+    pick, said = Uncertain().pick(candidates, labelled, now)
+    assert pick.startswith("bright") and said["cold_start"] is True
+    nothing_found = {i: {**info, SCORE_KEY: {"score": 0.0}} for i, info in candidates.items()}
+    assert Uncertain().pick(nothing_found, labelled, now)[1]["cold_start"], "scores of 0 everywhere: still cold"
+    odd = {"ragged": {APPEARANCE_KEY: {"histograms": [[0.1, 0.2], [0.3]]}}, "nan": {APPEARANCE_KEY: "x"}}
+    assert cold_start(odd, {}, now) is None
+    assert Uncertain().pick(odd, {}, now)[0] == "nan", "no appearance: id order"
+    # other preprocessing (e.g. CT volumes beside 2D ultrasound): the more common kind of the candidates is served
+    mixed = {**bright, "ct0": look(0, 0.5, 0.02, {"version": 2, "modality": "ct"})}
+    assert cold_start(mixed, {}, now).startswith("bright")
 
-    # with equal uncertainty the novel case ranks first; a clearly more uncertain case still wins;
-    # a case in review comes after every other, whatever its score
-    infos = {"like_labelled": {SCORE_KEY: {"score": 0.2}}, "fatty": {SCORE_KEY: {"score": 0.2}}}
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "fatty"
-    assert min(infos, key=lambda i: rank_key(i, infos[i], -n[i], now)) == "like_labelled", "weight < 0: familiar first"
-    infos["like_labelled"][SCORE_KEY]["score"] = 1.5
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "like_labelled"
-    infos["like_labelled"][SERVED_KEY] = now - 60
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "fatty"
-    infos["fatty"][SERVED_KEY] = now - 30
-    assert min(infos, key=lambda i: rank_key(i, infos[i], n[i], now)) == "like_labelled", "all in review: by score"
-
-    # what a reader may have written into the info by hand does not break the ranking
-    odd = {
-        "ragged": {APPEARANCE_KEY: {"histograms": [[0.1, 0.2], [0.3]]}, SCORE_KEY: {"score": "high"}},
-        "not_a_dict": {APPEARANCE_KEY: "x", SCORE_KEY: 7, SERVED_KEY: "yesterday"},
-        "nan": {APPEARANCE_KEY: {"histograms": [[float("nan")] * 16] * 2}, SCORE_KEY: {"score": float("nan")}},
-    }
-    assert novelties(odd, labelled, now) == dict.fromkeys(odd, 0.0)
-    assert all(rank_key(i, info, 0.0, now)[1] for i, info in odd.items()), "no usable score: ranked as unscored"
-
-
-def test_nearest_distances_match_the_pairwise_distance():
-    rng = np.random.default_rng(4)
-    looks = np.sqrt(rng.dirichlet(np.ones(16), size=(30, 2)))  # 30 appearances of 2 root histograms
-    nearest = nearest_distances(looks[:20], looks[20:], chunk=7)
-    brute = [min(appearance_distance(c, r) for r in looks[20:]) for c in looks[:20]]
-    assert nearest == pytest.approx(brute, abs=1e-9)
-    assert nearest_distances(looks[:3], looks[:3]) == pytest.approx([0.0] * 3, abs=1e-6)
-    assert np.isinf(nearest_distances(looks[:3], np.zeros((0, 2, 16)))).all()
+    # once one candidate has a score, the ranking is by score: highest first, a case in review after
+    # every other, and what a reader may have written into the info does not break it
+    infos = {"a": {SCORE_KEY: {"score": 0.2}}, "b": {SCORE_KEY: {"score": 0.9}}, "c": {}}
+    assert Uncertain().pick(infos, {}, now)[0] == "b"
+    infos["b"][SERVED_KEY] = now - 60
+    assert min(infos, key=lambda i: rank_key(i, infos[i], now)) == "a"
+    odd = {"ragged": {SCORE_KEY: {"score": "high"}}, "not_a_dict": {SCORE_KEY: 7, SERVED_KEY: "yesterday"},
+           "nan": {SCORE_KEY: {"score": float("nan")}}}  # fmt: skip
+    assert all(rank_key(i, info, now)[1] for i, info in odd.items()), "no usable score: ranked as unscored"
 
 
 def test_badge_falls_back_to_uncertainty_and_counts_only_the_current_models_batch():

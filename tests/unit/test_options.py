@@ -10,7 +10,7 @@ from lib.options import AppOptions
 def test_defaults(tmp_path):
     o = AppOptions.from_conf({}, str(tmp_path))
     assert o.model_dir == str((tmp_path / "model").resolve()) and o.demo_dir == str(tmp_path / "model" / "demo")
-    assert o.models is None and o.novelty_weight == 0.0 and o.max_image_voxels is None
+    assert o.models is None and o.max_image_voxels is None
     assert o.max_upload_bytes == 2048 * 2**20 and o.auto_train_every == 0 and o.auto_train_params == {}
 
 
@@ -19,7 +19,6 @@ def test_values(tmp_path):
         "models": "lymph_node_detection, ",
         "demo_weights": "false",
         "max_upload_mb": "1.5",
-        "al_novelty_weight": "-1",
         "max_image_voxels": "1000000",
         "auto_train_every": "3",
         "auto_train_models": "lymph_node_classification",
@@ -27,7 +26,7 @@ def test_values(tmp_path):
     }
     o = AppOptions.from_conf(conf, str(tmp_path))
     assert o.models == ["lymph_node_detection"] and o.demo_dir is None
-    assert o.max_upload_bytes == int(1.5 * 2**20) and o.novelty_weight == -1.0 and o.max_image_voxels == 1_000_000
+    assert o.max_upload_bytes == int(1.5 * 2**20) and o.max_image_voxels == 1_000_000
     assert (o.auto_train_every, o.auto_train_models, o.auto_train_params) == (
         3, ["lymph_node_classification"], {"max_epochs": 5}
     )  # fmt: skip
@@ -37,7 +36,7 @@ def test_values(tmp_path):
     "key, value, words",
     [
         ("max_upload_mb", "lots", "--conf max_upload_mb: a number"),
-        ("al_novelty_weight", "nan", "--conf al_novelty_weight: a finite number"),
+        ("al_novelty_weight", "1", "--conf al_novelty_weight was removed"),
         ("auto_train_every", "often", "--conf auto_train_every"),
         ("auto_train_params", "{max_epochs: 5}", "--conf auto_train_params"),
         ("auto_train_params", "[5]", "must be a JSON object"),

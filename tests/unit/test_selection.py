@@ -59,10 +59,35 @@ def test_representative_takes_a_typical_case_per_cluster():
     x = _blobs(rng, [[0, 0], [8, 0], [0, 8]], 25)
     x = np.vstack([x, [[30.0, 30.0]]])  # one outlier
     cluster = np.r_[np.repeat(np.arange(3), 25), 3]
-    chosen = representative(x, np.zeros(len(x), bool), 3, np.random.default_rng(0))
+    chosen = representative(x, np.zeros(len(x), bool), 3)
     assert len(chosen) == 3 and len(set(chosen)) == 3
     assert 75 not in chosen, "the outlier is not typical"
     assert sorted(cluster[chosen]) == [0, 1, 2]
+
+
+def test_representative_one_case_per_call_is_the_batch_and_skips_read_kinds():
+    rng = np.random.default_rng(3)
+    x = _blobs(rng, [[0, 0], [8, 0], [0, 8], [8, 8]], 15)
+    cluster = np.repeat(np.arange(4), 15)
+    labelled = np.zeros(len(x), bool)
+    labelled[[15, 16]] = True  # two cases of one kind read already
+    batch = representative(x, labelled, 3, seed=5)
+    assert 1 not in cluster[batch] and sorted(cluster[batch]) == [0, 2, 3]
+    served, taken = [], labelled.copy()
+    for _ in range(3):  # the server: one case per request, the served one counts as taken
+        (pick,) = representative(x, taken, 1, seed=5)
+        served.append(pick)
+        taken[pick] = True
+    assert served == batch
+    assert representative(x, np.ones(len(x), bool), 2) == []
+
+
+def test_representative_past_many_read_cases_takes_the_farthest_case():
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.standard_normal((3000, 32)), np.full((1, 32), 9.0)])  # one case unlike all
+    labelled = np.zeros(len(x), bool)
+    labelled[:500] = True  # many read, no model yet: no k-means into 501 clusters under the server's lock
+    assert representative(x, labelled, 1) == [3000]
 
 
 @pytest.mark.parametrize(

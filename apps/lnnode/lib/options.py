@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.activelearning import DEFAULT_NOVELTY_WEIGHT
 from lib.server.guards import DEFAULT_MAX_UPLOAD_MB
 
 __all__ = ["AppOptions"]
@@ -57,7 +56,6 @@ class AppOptions:
     demo_dir: str | None
     models: list[str] | None  # None: every model the app has
     max_upload_bytes: int
-    novelty_weight: float
     max_image_voxels: int | None = None
     auto_train_every: int = 0
     auto_train_models: list[str] = field(default_factory=list)
@@ -71,6 +69,11 @@ class AppOptions:
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str) -> AppOptions:
+        if "al_novelty_weight" in conf:  # a config from before: say so rather than ignore it
+            raise ValueError(
+                "--conf al_novelty_weight was removed: the novelty term helped on no benchmark (docs/loop.md); "
+                "before any model, uncertain and badge now serve typical cases of the kinds not read yet"
+            )
         auto_params = _json_object(conf, "auto_train_params", '{"max_epochs": 5}')
         wanted = conf.get("models", "all")
         upload_mb = _number(conf, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB, what="a number of megabytes")
@@ -81,7 +84,6 @@ class AppOptions:
             models=None if wanted == "all" else _names(conf, "models"),
             # 0 turns the upload check off
             max_upload_bytes=int(upload_mb * 2**20),
-            novelty_weight=_number(conf, "al_novelty_weight", DEFAULT_NOVELTY_WEIGHT),
             max_image_voxels=_number(conf, "max_image_voxels", None, int),
             auto_train_every=_number(conf, "auto_train_every", 0, int),
             auto_train_models=_names(conf, "auto_train_models"),

@@ -17,7 +17,17 @@ from typing import Any
 
 from .schema import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D, PIPELINE, PIPELINE_2D
 
-__all__ = ["LymphNodeServer", "ServerError", "PIPELINE", "DETECTION", "CLASSIFICATION", "models_for"]
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "LymphNodeServer",
+    "ServerError",
+    "PIPELINE",
+    "DETECTION",
+    "CLASSIFICATION",
+    "models_for",
+]
+
+DEFAULT_STRATEGY = "badge"  # the server's default too: what its benchmark supports (docs/loop.md, section 6)
 
 
 def models_for(planar: bool) -> tuple[str, str, str]:
@@ -100,7 +110,7 @@ class LymphNodeServer:
         """Models, trainers, strategies, train stats, review statistics."""
         return self._json("GET", "/info/")
 
-    def next_case(self, strategy: str = "uncertain") -> dict[str, Any] | None:
+    def next_case(self, strategy: str = DEFAULT_STRATEGY) -> dict[str, Any] | None:
         """The case the strategy serves next (``{"id", "path", ...}``), or None when none is left."""
         answer = self._json("POST", f"/activelearning/{self._q(strategy)}", b"{}", "application/json")
         return answer if answer.get("id") else None

@@ -11,7 +11,8 @@ The batch is every case served since the models in service scored the pool (they
 the next training). The first case of a batch is the one with the longest gradient; every next one is drawn with
 probability proportional to its squared gradient distance to the nearest case of the batch (k-means++ seeding), so
 a near-copy of a served case is almost never served and a doubtful, unlike one is likely. Cases without an embedding
-(no node found, not scored yet) and a pool the current models have not scored go by ``uncertain``'s ranking.
+(no node found, not scored yet) and a pool the current models have not scored go by ``uncertain``'s ranking (on a
+cold start: typical cases of the kinds not read yet).
 """
 
 from __future__ import annotations
@@ -53,9 +54,6 @@ class Badge(Uncertain):
             "classifier's gradient embeddings); several readers get a batch that is not redundant"
         )
         self._rng = np.random.default_rng(seed)
-
-    def reads_labelled(self) -> bool:
-        return True  # a case labelled since the models scored the pool is part of the batch
 
     def pick(self, candidates, labelled, now):
         scored = {i: e for i, info in {**labelled, **candidates}.items() if (e := _embedded(info)) is not None}

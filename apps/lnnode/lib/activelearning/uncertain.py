@@ -1,18 +1,19 @@
 """``uncertain``: serve the unlabelled case the current models are least sure about.
 
 Ranks the images without a ``final`` label by ``lymph_node_uncertainty.score`` in their info (written
-by :class:`lib.scoring.NodeUncertaintyScoring`) plus ``novelty_weight`` times their novelty: how
-unlike every reference case they look (:mod:`lib.scoring.appearance`; references are the
-labelled cases and those being reviewed). Uncertainty says where the models go wrong; novelty above 0
-pushes the choice towards kinds of case not labelled yet, below 0 towards familiar ones (a curriculum
-for a cold start). ``novelty_weight`` 0, the default, ranks by uncertainty alone: on the benchmark
-neither sign helped (docs/loop.md).
+by :class:`lib.scoring.NodeUncertaintyScoring`).
 
 A case served in the last ``IN_REVIEW_SECONDS`` and not labelled yet is being reviewed: it is served
-again only when every other case is too. Otherwise highest priority first; images not scored yet rank
-after every scored one; equal priorities go to the least recently served first. The choice and the
+again only when every other case is too. Otherwise highest score first; images not scored yet rank
+after every scored one; equal scores go to the least recently served first. The choice and the
 "served" stamp are one step under the datastore's lock, so two radiologists asking at the same time
 get different cases while there are two to give.
+
+**Cold start**: while no unlabelled case has a score above 0 (no model yet, or a detector that finds nothing
+anywhere), the case served is the typical case of a kind not read yet (:func:`lnnode.selection.representative`
+on the cases' appearances, :mod:`lib.scoring.appearance`; the cases read and those in review count as read),
+where id order would serve a folder imported class by class one class first. Cases without an appearance go by
+id. On the real-ultrasound pool its first batch is as good as a random one on the mean (docs/loop.md).
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lnnode.selection import representative
+
 from ..scoring import APPEARANCE_KEY, SCORE_KEY
-from ..scoring.appearance import nearest_distances
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_NOVELTY_WEIGHT",
     "IN_REVIEW_SECONDS",
     "SERVED_KEY",
     "Uncertain",
-    "novelties",
+    "cold_start",
     "rank_key",
     "served_at",
     "uncertainty_of",
@@ -45,7 +46,6 @@ __all__ = [
 
 SERVED_KEY = "lnnode_served_ts"
 IN_REVIEW_SECONDS = 3600.0  # a case served this recently and not labelled yet counts as being reviewed
-DEFAULT_NOVELTY_WEIGHT = 0.0  # off: on the benchmark's pool novelty served atypical cases first (docs/loop.md)
 
 
 def _field(info: dict[str, Any], key: str, field: str) -> Any:
@@ -61,13 +61,13 @@ def uncertainty_of(info: dict[str, Any]) -> float | None:
     return float(score)
 
 
-def rank_key(image_id: str, info: dict[str, Any], bonus: float = 0.0, now: float | None = None) -> tuple:
-    """Sort key: not in review before in review, scored before unscored, higher score + ``bonus`` first,
-    least recently served, then id."""
+def rank_key(image_id: str, info: dict[str, Any], now: float | None = None) -> tuple:
+    """Sort key: not in review before in review, scored before unscored, higher score first, least recently
+    served, then id."""
     score = uncertainty_of(info)
     served = served_at(info)
     in_review = (time.time() if now is None else now) - served < IN_REVIEW_SECONDS
-    return (in_review, score is None, -((score or 0.0) + bonus), served, image_id)
+    return (in_review, score is None, -(score or 0.0), served, image_id)
 
 
 def served_at(info: dict[str, Any]) -> float:
@@ -92,42 +92,31 @@ def _appearance(info: dict[str, Any]) -> tuple[str, np.ndarray] | None:
     return json.dumps(entry.get("preprocessing"), sort_keys=True), look
 
 
-def novelties(
-    candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float | None = None
-) -> dict[str, float]:
-    """Novelty of each candidate against the labelled cases and the candidates served in the last
-    ``IN_REVIEW_SECONDS`` (a case being reviewed is itself a reference: its own novelty is 0). A case
-    without an appearance, or with nothing comparable (other sequences) to compare to, has novelty 0."""
-    now = time.time() if now is None else now
-    in_review = [i for i, info in candidates.items() if now - served_at(info) < IN_REVIEW_SECONDS]
-    looks = {i: a for i, info in candidates.items() if (a := _appearance(info)) is not None}
-    # only appearances made the same way (preprocessing, sequences) are compared
-    references: dict[tuple, list[np.ndarray]] = {}
-    for a in [_appearance(info) for info in labelled.values()] + [looks.get(i) for i in in_review]:
-        if a is not None:
-            references.setdefault((a[0], a[1].shape), []).append(a[1])
-    out = dict.fromkeys(candidates, 0.0)
-    for kind in {(a[0], a[1].shape) for a in looks.values()}:
-        ids = [i for i, a in looks.items() if (a[0], a[1].shape) == kind]
-        nearest = nearest_distances(np.stack([looks[i][1] for i in ids]), np.asarray(references.get(kind, [])))
-        out.update({i: float(d) for i, d in zip(ids, nearest, strict=True) if np.isfinite(d)})
-    return out
+def cold_start(candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float) -> str | None:
+    """The typical case of a kind not read yet (see the module doc), among the candidates of the most common
+    appearance kind; None when no candidate has an appearance."""
+    looks = {i: a for i, info in {**labelled, **candidates}.items() if (a := _appearance(info)) is not None}
+    kinds = [(looks[i][0], looks[i][1].shape) for i in candidates if i in looks]
+    if not kinds:
+        return None
+    kind = max(set(kinds), key=kinds.count)
+    ids = sorted(i for i, a in looks.items() if (a[0], a[1].shape) == kind)
+    read = np.array([i not in candidates or now - served_at(candidates[i]) < IN_REVIEW_SECONDS for i in ids])
+    if read.all():
+        return None
+    (pick,) = representative(np.stack([looks[i][1].ravel() for i in ids]), read, 1)
+    return ids[pick]
 
 
 class Uncertain(Strategy):
-    """The most uncertain unlabelled image, novelty weighed in (see the module doc)."""
+    """The most uncertain unlabelled image; typical cases of unread kinds on a cold start (see the module doc)."""
 
-    def __init__(
-        self,
-        channel_suffixes: Callable[[], Sequence[str]] | None = None,
-        novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
-    ):
+    def __init__(self, channel_suffixes: Callable[[], Sequence[str]] | None = None):
         super().__init__(
-            "Most uncertain unlabelled case first (needs the lymph_node_uncertainty scores; "
-            "--conf al_novelty_weight adds how unlike the labelled cases it looks)"
+            "Most uncertain unlabelled case first (the lymph_node_uncertainty scores); before any model, "
+            "typical cases of the kinds not read yet"
         )
         self.channel_suffixes = channel_suffixes  # a case's other sequences are not cases of their own
-        self.novelty_weight = float(novelty_weight)
 
     def _suffixes(self) -> tuple[str, ...]:
         try:
@@ -139,17 +128,12 @@ class Uncertain(Strategy):
         self, candidates: dict[str, dict[str, Any]], labelled: dict[str, dict[str, Any]], now: float
     ) -> tuple[str, dict[str, Any]]:
         """The case to serve of ``candidates`` (unlabelled cases, with their info), and what the answer says of it."""
-        novel = dict.fromkeys(candidates, 0.0)
-        if self.novelty_weight:
-            novel = novelties(candidates, labelled, now)
-        best = min(candidates, key=lambda i: rank_key(i, candidates[i], self.novelty_weight * novel[i], now))
-        uncertainty = uncertainty_of(candidates[best])
-        priority = None if uncertainty is None else round(uncertainty + self.novelty_weight * novel[best], 4)
-        return best, {"score": priority, "uncertainty": uncertainty, "novelty": round(novel[best], 4)}
-
-    def reads_labelled(self) -> bool:
-        """Whether :meth:`pick` looks at the labelled cases (a PACS is not asked for their info otherwise)."""
-        return bool(self.novelty_weight)
+        if not any(uncertainty_of(info) for info in candidates.values()):  # None or 0: the models know nothing
+            typical = cold_start(candidates, labelled, now)
+            if typical is not None:
+                return typical, {"score": None, "uncertainty": None, "cold_start": True}
+        best = min(candidates, key=lambda i: rank_key(i, candidates[i], now))
+        return best, {"score": uncertainty_of(candidates[best]), "uncertainty": uncertainty_of(candidates[best])}
 
     def __call__(self, request, datastore: Datastore):
         suffixes = self._suffixes()
@@ -171,8 +155,7 @@ class Uncertain(Strategy):
         else:  # a datastore without lnnode's claim (e.g. DICOMweb): rank, no served stamp
             final = DefaultLabelTag.FINAL.value
             unlabelled = {i: datastore.get_image_info(i) for i in datastore.get_unlabeled_images(final)}
-            labelled_ids = datastore.get_labeled_images(final) if self.reads_labelled() else []
-            labelled = {i: datastore.get_image_info(i) for i in labelled_ids}
+            labelled = {i: datastore.get_image_info(i) for i in datastore.get_labeled_images(final)}
             image_id = choose(unlabelled, labelled)
         if image_id is None:
             return {}

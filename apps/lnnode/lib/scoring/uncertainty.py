@@ -15,10 +15,10 @@ and the model versions in the image's info under ``lymph_node_uncertainty``. An 
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
 
-With ``describe`` (the app sets it when ``--conf al_novelty_weight`` is not 0) every image, labelled
-or not, also gets its appearance (:mod:`.appearance`) under ``lymph_node_appearance``, once per
-detector preprocessing: the ``uncertain`` strategy then adds the novelty of a case against the
-labelled ones to its score (volumes only: a 2D image gets no appearance).
+While a kind of image (volumes, 2D) has no detector weights, or no unlabelled image scores above 0 (a cold
+start), every image, labelled or not, also gets its appearance (:mod:`.appearance`, model-free, once per image)
+under ``lymph_node_appearance``: the strategies serve typical cases of the kinds not read yet until the models
+score the pool.
 
 A 2D image is scored by the 2D pipeline (``planar_pipeline``), mirrored left-right as a volume is; an image whose
 kind has no detector weights is left for later (``skipped``).
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
@@ -44,7 +43,7 @@ from lnnode.transforms import LoadVolumed
 from ..infers.keys import EMBEDDINGS, IMAGE, IMAGE_GEOMETRY, NODES
 from ..server.errors import ModelNotReady
 from ..trainers.datalist import companion_ids
-from .appearance import APPEARANCE_KEY, APPEARANCE_VERSION, appearance
+from .appearance import APPEARANCE_KEY, appearance_of, preprocessing_of
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +124,11 @@ class NodeUncertaintyScoring(ScoringMethod):
     """Scores every image without a ``final`` label (see the module doc). Request: ``force``, ``device``,
     ``label_tag`` (the tag that counts as labelled), ``limit`` (score at most this many images)."""
 
-    def __init__(self, pipeline: Any, describe: bool = True, planar_pipeline: Any = None):
+    def __init__(self, pipeline: Any, planar_pipeline: Any = None, modalities: dict[bool, str] | None = None):
         super().__init__("Model uncertainty per unlabelled image (node entropy + detection disagreement under TTA)")
         self.pipeline = pipeline  # volumes (None: the app serves 2D models only)
         self.pipelines = {kind: p for kind, p in ((False, pipeline), (True, planar_pipeline)) if p is not None}
-        self.describe = describe and pipeline is not None  # also store every case's appearance (for novelty)
+        self.modalities = {False: "ct", True: "us", **(modalities or {})}  # per kind (planar?): the appearance's
 
     @staticmethod
     def _versions(pipeline: Any) -> dict[str, str | None]:
@@ -144,22 +143,6 @@ class NodeUncertaintyScoring(ScoringMethod):
             except ModelNotReady:
                 versions[stage.name] = None
         return versions
-
-    def _preprocessing(self) -> dict[str, Any]:
-        """What the appearance depends on: the detector's grid, intensity normalisation and sequences."""
-        meta = self.pipeline.detection.checkpoint().meta
-        return {
-            "version": APPEARANCE_VERSION,
-            "spacing": list(meta["network"]["spacing"]),
-            "intensity": meta["preprocessing"]["intensity"],
-            "channel_suffixes": list(meta["preprocessing"].get("channel_suffixes", [])),
-        }
-
-    def appearance_of(self, image: str | list[str]) -> dict[str, Any]:
-        """The appearance of one image as the detector sees it (its pre-transforms: grid, intensity, body)."""
-        data = Compose(self.pipeline.detection.pre_transforms({}))({IMAGE: image})
-        rows = appearance(np.asarray(data[IMAGE]))
-        return {"histograms": np.round(rows, 4).tolist(), "preprocessing": self._preprocessing()}
 
     def score_image(
         self, image: str | list[str], image_id: str, device: str = "cpu", pipeline: Any = None
@@ -254,10 +237,11 @@ class NodeUncertaintyScoring(ScoringMethod):
 
     def __call__(self, request, datastore: Datastore):
         plan = self.plan(request, datastore)
+        # a kind without a detector is a cold start: the strategies need what its images look like
+        described = self._describe(datastore, plan.suffixes) if plan.ready != set(self.pipelines) else []
         if plan.reason is not None:
-            return {"scored": [], "skipped": [], "failed": {}, "reason": plan.reason}
+            return {"scored": [], "skipped": [], "failed": {}, "reason": plan.reason, "described": described}
         every = {name: v for kind in plan.versions for name, v in plan.versions[kind].items()}
-        described = self._describe(datastore, plan.suffixes) if self.describe and False in plan.ready else []
         scored, failed = [], dict(plan.failed)
         for image_id, kind, image in plan.todo:
             device = request.get("device") or self.pipelines[kind].detection._config.get("device") or "cpu"
@@ -269,33 +253,39 @@ class NodeUncertaintyScoring(ScoringMethod):
                 continue
             datastore.update_image_info(image_id, {SCORE_KEY: info})
             scored.append(image_id)
+        if not described and not self._any_positive(datastore, request):
+            described = self._describe(datastore, plan.suffixes)  # models that find nothing: still a cold start
         logger.info(f"uncertainty: scored {len(scored)}, up to date {len(plan.skipped)}, failed {len(failed)}")
         return {"scored": scored, "skipped": plan.skipped, "failed": failed, "models": every, "described": described}
 
+    @staticmethod
+    def _any_positive(datastore: Datastore, request) -> bool:
+        """Whether some unlabelled image has a score above 0 (else the strategies have nothing to rank by)."""
+        tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
+        for image_id in datastore.get_unlabeled_images(tag):
+            score = (datastore.get_image_info(image_id).get(SCORE_KEY) or {}).get("score")
+            if isinstance(score, int | float) and score > 0:
+                return True
+        return False
+
     def _describe(self, datastore: Datastore, suffixes: list[str], batch: int = 64) -> list[str]:
-        """Store the appearance of every case (labelled or not) that lacks one for this preprocessing;
+        """Store the appearance of every case (labelled or not; its first sequence) that lacks a current one;
         written in batches (one datastore write per ``batch`` images, not per image)."""
-        preprocessing = self._preprocessing()
+        current = [preprocessing_of(m) for m in self.modalities.values()]  # another --conf modality: made again
         described: list[str] = []
         pending: dict[str, dict[str, Any]] = {}
         for image_id in sorted(datastore.list_images()):
             if suffixes and image_id.endswith(tuple(suffixes)):
                 continue
             stored = datastore.get_image_info(image_id).get(APPEARANCE_KEY)
-            if isinstance(stored, dict) and stored.get("preprocessing") == preprocessing:
+            if isinstance(stored, dict) and stored.get("preprocessing") in current:
                 continue
             try:
-                if is_planar(read_geometry(datastore.get_image_uri(image_id), allow_2d=True)):
-                    continue  # appearances are of volumes
-            except Exception:  # noqa: BLE001, S112 - unreadable: the attempt below says why
-                pass
-            paths = [datastore.get_image_uri(i) for i in [image_id, *companion_ids(image_id, suffixes)]]
-            try:
-                if not all(paths):
-                    raise ValueError(f"a sequence {suffixes} is missing")
-                pending[image_id] = {APPEARANCE_KEY: self.appearance_of(paths if suffixes else paths[0])}
+                path = datastore.get_image_uri(image_id)
+                modality = self.modalities[is_planar(read_geometry(path, allow_2d=True))]
+                pending[image_id] = {APPEARANCE_KEY: appearance_of(path, modality)}
                 described.append(image_id)
-            except Exception as e:  # without an appearance a case is still served, on its uncertainty
+            except Exception as e:  # noqa: BLE001 - without an appearance a case is still served, in id order
                 logger.warning(f"{image_id}: no appearance: {e}")
                 if stored is not None:
                     pending[image_id] = {APPEARANCE_KEY: None}  # an outdated one must not be compared
