@@ -16,6 +16,9 @@ ROC AUC, true boxes, 4-flip TTA). The next batch is then chosen from what that m
 
 * ``random``; ``first`` (MONAI Label's: id order, no model);
 * ``uncertain`` (today's server strategy on the classifier term alone: highest entropy of p first);
+* ``novelty`` (what the server's ``uncertain`` did with the ``--conf al_novelty_weight`` it no longer has: entropy
+  plus ``--novelty-weight`` times the appearance distance to the nearest labelled case or case already in the
+  batch, greedily; kept here as the evidence for its removal);
 * ``coreset`` (k-centre on the classifier's embeddings), ``badge`` (gradient embeddings, k-means++: uncertainty
   and diversity of the batch at once);
 * ``oracle`` (reads the held-out answers: at each budget it trains on ``--oracle-candidates`` random batches and the
@@ -23,8 +26,9 @@ ROC AUC, true boxes, 4-flip TTA). The next batch is then chosen from what that m
   set): not a strategy one can ship; it shows how much the choice of cases can matter on this pool, i.e. that the
   design can show a difference where there is one.
 
-On a cold start every model-driven strategy picks its first batch with ``representative`` (k-means of the
-images' appearance, typical case per cluster); ``random`` and ``first`` keep their own rule.
+On a cold start every model-driven strategy picks its first batch as the server's ``uncertain`` and ``badge`` do
+before any model (:func:`lnnode.selection.representative` on the images' appearances: typical cases of the kinds
+not read yet, one at a time); ``random`` and ``first`` keep their own rule.
 
 ``--ensemble N`` trains N classifiers per budget (seeds apart) and averages their probabilities, for the held-out
 AUC and for the strategies (embeddings side by side): less noise per point, N times the time.
@@ -32,7 +36,8 @@ AUC and for the strategies (embeddings side by side): less noise per point, N ti
 Reported per setting: mean AUC per budget with a 95 % t-interval over repeats, and per strategy the number of labels
 at which it first reaches random's final mean AUC (on the mean curve and per run), and in how many repeats it is at
 or above random at every budget. The in-process loop trains as the server's trainer does but without the server;
-the 3D setting and detection are not here yet.
+``active_learning_pool_server.py`` drives one curve through the real server to check that both give the same
+curve. The 3D setting and detection are not here yet.
 """
 
 from __future__ import annotations
@@ -50,16 +55,15 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "apps" / "lnnode"), str(REPO / "bench")]
 
-from lib.scoring.appearance import appearance  # noqa: E402
+from lib.scoring.appearance import BINS, appearance_of  # noqa: E402
 from lib.trainers.classification import JITTER_MM, NodeCropDataset, node_crops  # noqa: E402
 from lnnode.data.table import read_groups  # noqa: E402
 from lnnode.metrics.classification import roc_auc  # noqa: E402
 from lnnode.networks.classifier import ClassifierSpec, build_classifier_network, predict_embeddings  # noqa: E402
 from lnnode.selection import badge, binary_entropy, k_center, representative, top_uncertain  # noqa: E402
-from lnnode.transforms import DEFAULT_INTENSITY, NormalizeIntensityd  # noqa: E402
-from lnnode.transforms.spatial import LoadVolumed  # noqa: E402
+from lnnode.transforms import DEFAULT_INTENSITY  # noqa: E402
 
-STRATEGIES = ("random", "first", "uncertain", "coreset", "badge", "oracle")
+STRATEGIES = ("random", "first", "uncertain", "novelty", "coreset", "badge", "oracle")
 DEFAULT_STRATEGIES = ("random", "uncertain", "coreset", "badge")  # ``first`` reads BUSI's benign ids first
 
 
@@ -83,6 +87,7 @@ class Pool:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, crops=self.crops, labels=self.labels, node_case=self.node_case,
                      cases=np.array(self.cases), looks=self.looks)  # fmt: skip
+        self.looks = np.round(self.looks, 4)  # as the server stores them: the same cold-start picks
         groups = read_groups(studies)
         self.groups = [groups.get(c, c) for c in self.cases]
         self.nodes_of = [np.flatnonzero(self.node_case == i) for i in range(len(self.cases))]
@@ -99,10 +104,9 @@ class Pool:
         index = {c: i for i, c in enumerate(self.cases)}
         self.crops, self.labels = crops.numpy(), labels.numpy()
         self.node_case = np.array([index[c] for c in ids])
-        load, norm = LoadVolumed(keys="image", allow_2d=True), NormalizeIntensityd(keys="image", spec=intensity)
         by_id = {it["id"]: it for it in items}
-        looks = [appearance(norm(load({"image": by_id[c]["image"]}))["image"]) for c in self.cases]
-        self.looks = np.stack([look.ravel() for look in looks])
+        looks = [appearance_of(by_id[c]["image"], "us")["histograms"] for c in self.cases]  # as the server's
+        self.looks = np.stack([np.ravel(look) for look in looks])
 
     def centre_crops(self, nodes: np.ndarray) -> torch.Tensor:
         """The crops without their jitter margin (what the trainer validates on)."""
@@ -178,18 +182,40 @@ def per_case(pool: Pool, cases: np.ndarray, values: np.ndarray, nodes: np.ndarra
     return np.stack([reduce(values[[where[n] for n in pool.nodes_of[i]]]) for i in cases])
 
 
-def choose(strategy: str, k: int, pool: Pool, cases: np.ndarray, labelled: np.ndarray, model, rng) -> list[int]:
-    """Indices into ``cases`` of the next K to read."""
+def with_novelty(looks: np.ndarray, entropy: np.ndarray, labelled: np.ndarray, k: int, weight: float) -> list[int]:
+    """K cases by entropy + ``weight`` x novelty, one at a time: a chosen case is a reference for the next (as a
+    case in review is on the server)."""
+    looks = looks.reshape(len(looks), -1, BINS)
+    taken = labelled.copy()
+    chosen: list[int] = []
+    for _ in range(min(k, int((~taken).sum()))):
+        free = np.flatnonzero(~taken)
+        novel = np.zeros(len(free))
+        if taken.any():  # mean Hellinger distance over the histograms, to the nearest reference
+            d = np.sqrt(np.square(looks[free][:, None] - looks[taken][None]).sum(-1)).mean(-1) / np.sqrt(2.0)
+            novel = d.min(axis=1)
+        best = int(free[np.argmax(entropy[free] + weight * novel)])
+        chosen.append(best)
+        taken[best] = True
+    return chosen
+
+
+def choose(
+    strategy: str, k: int, pool: Pool, cases: np.ndarray, labelled: np.ndarray, model, rng, weight: float = 1.0
+) -> list[int]:
+    """Indices into ``cases`` of the next K to read (``weight``: the ``novelty`` strategy's)."""
     if strategy == "random":
         return [int(i) for i in rng.choice(np.flatnonzero(~labelled), size=k, replace=False)]
     if strategy == "first":
         return [int(i) for i in np.flatnonzero(~labelled)[:k]]
     if model is None:  # cold start: no model yet
-        return representative(pool.looks[cases], labelled, k, rng)
+        return representative(pool.looks[cases], labelled, k)  # as the server: seed 0
     p, h, nodes = predict(pool, model, cases)
     entropy = per_case(pool, cases, binary_entropy(p), nodes, np.max)
     if strategy == "uncertain":
         return top_uncertain(entropy, labelled, k)
+    if strategy == "novelty":
+        return with_novelty(pool.looks[cases], entropy, labelled, k, weight)
     embedding = per_case(pool, cases, h, nodes, lambda x: x.mean(0))
     if strategy == "coreset":
         return k_center(embedding, labelled, k)
@@ -239,7 +265,7 @@ def curve(pool: Pool, strategy: str, start: str, repeat: int, args) -> dict:
             labelled, model, auc = lookahead(pool, cases, test, labelled, k, model, rng, seed, args)
         else:
             if k > 0 or model is None:
-                labelled[choose(strategy, k, pool, cases, labelled, model, rng)] = True
+                labelled[choose(strategy, k, pool, cases, labelled, model, rng, args.novelty_weight)] = True
                 model = train(pool, cases[labelled], args, seed)
             auc = held_out_auc(pool, model, test)
         y = pool.case_label()[cases[labelled]]
@@ -344,6 +370,14 @@ def plot(summary: dict, target: Path) -> None:
     fig.savefig(target, dpi=110)
 
 
+def add_loop_arguments(ap: argparse.ArgumentParser) -> None:
+    """The loop's settings, shared with ``active_learning_pool_server.py`` (same names, same defaults)."""
+    ap.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40, 60, 80])
+    ap.add_argument("--seed-cases", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=150, help="classifier gradient steps (batch 16) per training")
+    ap.add_argument("--test-share", type=float, default=0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--busi", type=Path, default=REPO.parent / "shared" / "data" / "real" / "busi")
@@ -351,11 +385,9 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), choices=STRATEGIES)
     ap.add_argument("--starts", nargs="+", default=["cold", "seeded"], choices=["cold", "seeded"])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40, 60, 80])
-    ap.add_argument("--seed-cases", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=150, help="gradient steps (batch 16) per training")
-    ap.add_argument("--test-share", type=float, default=0.2)
+    add_loop_arguments(ap)
     ap.add_argument("--ensemble", type=int, default=1, help="classifiers per budget, probabilities averaged")
+    ap.add_argument("--novelty-weight", type=float, default=1.0, help="the novelty strategy's al_novelty_weight")
     ap.add_argument("--oracle-candidates", type=int, default=3, help="random batches the oracle tries per budget")
     ap.add_argument("--plot", type=Path, help="write the learning curves here (PNG)")
     args = ap.parse_args()
