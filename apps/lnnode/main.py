@@ -18,7 +18,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning import DEFAULT_STRATEGY, Badge, Uncertain
-from lib.configs import PIPELINE_2D_OPTIONS, PIPELINE_OPTIONS, infer_config, init_task_configs
+from lib.configs import PIPELINE_2D_OPTIONS, PIPELINE_OPTIONS, infer_config, init_task_configs, modality_of
 from lib.datastore import DicomwebDatastore, LnnodeDatastore, dicomweb_datastore, keep_original
 from lib.infers import NodePipeline
 from lib.options import AppOptions
@@ -96,7 +96,7 @@ class LymphNodeApp(MONAILabelApp):
     def init_scoring_methods(self):
         methods = {}
         if PIPELINE in self._infers or PIPELINE_2D in self._infers:
-            modalities = {False: self.conf.get("modality", "ct"), True: self.conf.get("modality_2d", "us")}
+            modalities = {planar: modality_of(self.conf, planar) for planar in (False, True)}
             methods["lymph_node_uncertainty"] = NodeUncertaintyScoring(
                 self._infers.get(PIPELINE), self._infers.get(PIPELINE_2D), modalities
             )

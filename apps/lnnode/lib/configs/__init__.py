@@ -6,7 +6,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lnnode.contracts import CLASSIFICATION, CLASSIFICATION_2D, DETECTION, DETECTION_2D
 
-from .base import infer_config
+from .base import infer_config, modality_of
 from .classification import NodeClassification2dConfig, NodeClassificationConfig
 from .detection import NodeDetection2dConfig, NodeDetectionConfig
 
@@ -34,7 +34,14 @@ PIPELINE_2D_OPTIONS = {
     "amp": "amp",
 }
 
-__all__ = ["PIPELINE_OPTIONS", "PIPELINE_2D_OPTIONS", "infer_config", "task_configs", "init_task_configs"]
+__all__ = [
+    "PIPELINE_OPTIONS",
+    "PIPELINE_2D_OPTIONS",
+    "infer_config",
+    "init_task_configs",
+    "modality_of",
+    "task_configs",
+]
 
 
 def task_configs() -> dict[str, type[TaskConfig]]:

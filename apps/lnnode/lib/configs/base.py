@@ -17,6 +17,12 @@ def model_paths(model_dir: str, name: str, demo_dir: str | None = None) -> list[
     return [*demo, os.path.join(model_dir, f"{name}.pt")]
 
 
+def modality_of(conf: dict[str, str], planar: bool) -> str:
+    """The modality of new models and appearances of one kind of image: ``--conf modality`` (volumes, default
+    ``ct``) or ``modality_2d`` (2D images, default ``us``)."""
+    return conf.get("modality_2d", "us") if planar else conf.get("modality", "ct")
+
+
 def infer_config(conf: dict[str, str], options: dict[str, str]) -> dict[str, Any]:
     """Request defaults from ``--conf`` (only the options given)."""
     return {param: conf[key] for key, param in options.items() if conf.get(key) not in (None, "")}
@@ -40,7 +46,7 @@ class CheckpointTaskConfig(TaskConfig):
 
     def trainer(self):
         config = {"device": self.conf["device"]} if self.conf.get("device") else {}
-        modality = self.conf.get("modality_2d", "us") if self.planar else self.conf.get("modality", "ct")
+        modality = modality_of(self.conf, self.planar)
         return self.trainer_class(
             self.name,
             model_dir=self.model_dir,

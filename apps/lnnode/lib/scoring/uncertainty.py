@@ -15,7 +15,7 @@ and the model versions in the image's info under ``lymph_node_uncertainty``. An 
 computed by the models now in service is not scored again (``force: true`` rescores everything), so
 MONAI Label's automatic re-scoring after every training and every served case costs little.
 
-While a kind of image (volumes, 2D) has no detector weights, or no unlabelled image scores above 0 (a cold
+While no unlabelled image scores above 0 (no detector weights yet, or models that find nothing: a cold
 start), every image, labelled or not, also gets its appearance (:mod:`.appearance`, model-free, once per image)
 under ``lymph_node_appearance``: the strategies serve typical cases of the kinds not read yet until the models
 score the pool.
@@ -237,9 +237,8 @@ class NodeUncertaintyScoring(ScoringMethod):
 
     def __call__(self, request, datastore: Datastore):
         plan = self.plan(request, datastore)
-        # a kind without a detector is a cold start: the strategies need what its images look like
-        described = self._describe(datastore, plan.suffixes) if plan.ready != set(self.pipelines) else []
         if plan.reason is not None:
+            described = self._cold_start_appearances(datastore, request, plan.suffixes)
             return {"scored": [], "skipped": [], "failed": {}, "reason": plan.reason, "described": described}
         every = {name: v for kind in plan.versions for name, v in plan.versions[kind].items()}
         scored, failed = [], dict(plan.failed)
@@ -253,20 +252,19 @@ class NodeUncertaintyScoring(ScoringMethod):
                 continue
             datastore.update_image_info(image_id, {SCORE_KEY: info})
             scored.append(image_id)
-        if not described and not self._any_positive(datastore, request):
-            described = self._describe(datastore, plan.suffixes)  # models that find nothing: still a cold start
+        described = self._cold_start_appearances(datastore, request, plan.suffixes)
         logger.info(f"uncertainty: scored {len(scored)}, up to date {len(plan.skipped)}, failed {len(failed)}")
         return {"scored": scored, "skipped": plan.skipped, "failed": failed, "models": every, "described": described}
 
-    @staticmethod
-    def _any_positive(datastore: Datastore, request) -> bool:
-        """Whether some unlabelled image has a score above 0 (else the strategies have nothing to rank by)."""
+    def _cold_start_appearances(self, datastore: Datastore, request, suffixes: list[str]) -> list[str]:
+        """The cases described (see :meth:`_describe`) while no unlabelled image has a score above 0: no model
+        yet, or models that find nothing, the strategies' cold start (the same condition as theirs)."""
         tag = request.get("label_tag") or DefaultLabelTag.FINAL.value
         for image_id in datastore.get_unlabeled_images(tag):
             score = (datastore.get_image_info(image_id).get(SCORE_KEY) or {}).get("score")
             if isinstance(score, int | float) and score > 0:
-                return True
-        return False
+                return []
+        return self._describe(datastore, suffixes)
 
     def _describe(self, datastore: Datastore, suffixes: list[str], batch: int = 64) -> list[str]:
         """Store the appearance of every case (labelled or not; its first sequence) that lacks a current one;
